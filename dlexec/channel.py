@@ -1,0 +1,326 @@
+"""Requests and replies over one :class:`~dlexec.runtimes.base.Runtime`.
+
+:class:`KernelChannel` matches replies and IOPub output to the request that caused them,
+for the two kinds of request dlexec makes:
+
+* ``execute_request``: code run by IPython, its outputs collected nbformat-style
+  (what :class:`dlexec.RuntimeService` needs);
+* ``dlexec_request``: one of the worker's operations (:mod:`dlexec.worker`), with the
+  payload in binary buffers; this is how tasks travel.
+
+It also installs the worker in the kernel (:meth:`KernelChannel.start`), and fails every
+pending request when the kernel dies.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import Callable
+
+from . import serialization, worker
+from .errors import RuntimeStartError, WorkerLostError
+from .runtimes.base import Runtime
+
+_SOURCES = (
+    ("_dlexec_serialization", Path(serialization.__file__)),
+    ("_dlexec_worker", Path(worker.__file__)),
+)
+
+_BOOTSTRAP = """\
+def __dlexec_bootstrap(sources, settings):
+    import sys, types
+    for name, source in sources:
+        module = types.ModuleType(name)
+        module.__file__ = "<" + name + ">"
+        sys.modules[name] = module
+        exec(compile(source, module.__file__, "exec"), module.__dict__)
+    sys.modules["_dlexec_worker"].install(settings)
+try:
+    __dlexec_bootstrap({sources!r}, {settings!r})
+finally:
+    del __dlexec_bootstrap
+"""
+
+
+class _Request:
+    """One request in flight: where its replies and output go."""
+
+    __slots__ = ("on_reply", "on_output", "on_lost", "final")
+
+    def __init__(self, on_reply, on_output, on_lost):
+        self.on_reply = on_reply  # (msg) -> bool: True when the request is complete
+        self.on_output = on_output  # (msg) -> bool for IOPub messages with this parent, or None
+        self.on_lost = on_lost  # (reason) when the kernel died first
+
+
+class KernelChannel:
+    """Routes one kernel's messages to the requests that are waiting for them."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.exit_reason: str | None = None
+        self.info: dict = {}
+        self._pending: dict[str, _Request] = {}
+        self._lock = threading.Lock()
+        self._exit_callbacks: list[Callable[[str], None]] = []
+        runtime.on_message = self._on_message
+        runtime.on_exit = self._on_exit
+
+    # -- start ------------------------------------------------------------------------------
+
+    def start(self, timeout: float, settings: dict | None = None) -> None:
+        """Start the kernel, wait until it answers, install the worker and read its versions."""
+        self.runtime.start(timeout)
+        try:
+            self._wait_ready(timeout)
+            sources = [(name, path.read_text()) for name, path in _SOURCES]
+            code = _BOOTSTRAP.format(sources=sources, settings=settings or {})
+            reply, outputs = self.execute(code, timeout=timeout, silent=True, store_history=False)
+            if reply.get("status") != "ok":
+                raise RuntimeStartError(
+                    f"could not install the dlexec worker in kernel {self.runtime.id}: "
+                    f"{reply.get('ename')}: {reply.get('evalue')}. The kernel's environment needs "
+                    "dill and tblib (pip install dill tblib)."
+                )
+            self.info, _ = self.call("info", timeout=timeout)
+        except BaseException:
+            self.runtime.terminate()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Wait for a ``kernel_info_reply`` and for IOPub to be connected (its first message)."""
+        iopub_seen = threading.Event()
+        deadline = _Deadline(timeout)
+        while True:
+            replied = threading.Event()
+
+            def on_output(msg):
+                iopub_seen.set()
+                return False
+
+            self.request(
+                "shell",
+                "kernel_info_request",
+                {},
+                on_reply=lambda msg: replied.set() or True,
+                on_output=on_output,
+            )
+            if replied.wait(min(1.0, deadline.left())) and iopub_seen.wait(min(0.2, deadline.left())):
+                return
+            self._raise_if_dead()
+            if deadline.expired():
+                raise RuntimeStartError(
+                    f"kernel {self.runtime.id} did not answer within {timeout:g} s"
+                )
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def request(
+        self,
+        channel: str,
+        msg_type: str,
+        content: dict,
+        buffers=(),
+        *,
+        on_reply: Callable[[dict], bool],
+        on_output: Callable[[dict], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> str:
+        """Send a request; ``on_reply`` gets each reply until it (or ``on_output``) returns True.
+
+        Callbacks run on the runtime's I/O thread and must not block.
+        """
+        msg = self.runtime.message(msg_type, content)
+        msg_id = msg["header"]["msg_id"]
+        with self._lock:
+            if self.exit_reason is not None:
+                raise self.lost_error()
+            self._pending[msg_id] = _Request(on_reply, on_output, on_lost)
+        try:
+            self.runtime.send(channel, msg, buffers)
+        except Exception:
+            with self._lock:
+                self._pending.pop(msg_id, None)
+            self._raise_if_dead()
+            raise
+        return msg_id
+
+    def call(self, op: str, content: dict | None = None, frames=(), timeout: float | None = None):
+        """Run one worker operation and wait for its reply: ``(content, frames)``."""
+        done = threading.Event()
+        box: dict = {}
+
+        def on_reply(msg):
+            box["reply"] = msg
+            done.set()
+            return True
+
+        def on_lost(reason):
+            done.set()
+
+        self.request(
+            "shell", worker.REQUEST, {"op": op, **(content or {})}, frames, on_reply=on_reply, on_lost=on_lost
+        )
+        if not done.wait(timeout):
+            raise TimeoutError(f"kernel {self.runtime.id} did not answer {op!r} within {timeout:g} s")
+        if "reply" not in box:
+            raise self.lost_error()
+        msg = box["reply"]
+        return msg["content"], msg.get("buffers") or []
+
+    def execute(self, code: str, timeout: float | None = None, *, silent=False, store_history=True,
+                on_output: Callable[[dict], None] | None = None, interrupt_grace: float = 5.0):
+        """Run code with IPython; returns ``(reply content, outputs)``.
+
+        Outputs are nbformat v4 output dicts. On ``timeout`` the kernel is interrupted and
+        the call waits ``interrupt_grace`` seconds more for the interrupted reply; the reply
+        then has ``status: "timeout"``.
+        """
+        from nbformat.v4 import output_from_msg
+
+        outputs: list[dict] = []
+        displays: dict[str, list[dict]] = {}  # display_id -> its outputs, for updates
+        state = {"reply": None, "idle": False}
+        done = threading.Event()
+
+        def collect(msg):
+            msg_type = msg["header"]["msg_type"]
+            if msg_type == "status":
+                if msg["content"].get("execution_state") == "idle":
+                    state["idle"] = True
+                    if state["reply"] is not None:
+                        done.set()
+                        return True
+                return False
+            if msg_type == "clear_output":
+                outputs.clear()
+            elif msg_type in ("stream", "display_data", "execute_result", "error"):
+                output = output_from_msg(msg)
+                _merge_output(outputs, output)
+                display_id = (msg["content"].get("transient") or {}).get("display_id")
+                if display_id:
+                    displays.setdefault(display_id, []).append(output)
+            elif msg_type == "update_display_data":
+                display_id = (msg["content"].get("transient") or {}).get("display_id")
+                for output in displays.get(display_id, ()):
+                    output["data"] = msg["content"].get("data", {})
+                    output["metadata"] = msg["content"].get("metadata", {})
+            if on_output is not None:
+                on_output(msg)
+            return False
+
+        def on_reply(msg):
+            state["reply"] = msg["content"]
+            if state["idle"]:
+                done.set()
+            return state["idle"]
+
+        content = {
+            "code": code,
+            "silent": silent,
+            "store_history": store_history,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": False,
+        }
+        self.request("shell", "execute_request", content, on_reply=on_reply, on_output=collect,
+                     on_lost=lambda reason: done.set())
+        if not done.wait(timeout):
+            self.runtime.interrupt()
+            done.wait(interrupt_grace)
+            reply = dict(state["reply"] or {})
+            reply["status"] = "timeout"
+            return reply, outputs
+        if state["reply"] is None:
+            raise self.lost_error()
+        return state["reply"], outputs
+
+    # -- incoming -------------------------------------------------------------------------
+
+    def _on_message(self, channel: str, msg: dict) -> None:
+        parent_id = (msg.get("parent_header") or {}).get("msg_id")
+        request = self._pending.get(parent_id)
+        if channel == "iopub":
+            if request is not None and request.on_output is not None:
+                if request.on_output(msg):
+                    with self._lock:
+                        self._pending.pop(parent_id, None)
+            elif msg["header"]["msg_type"] == "stream":
+                _echo_stream(msg["content"])
+            return
+        if request is not None and request.on_reply(msg):
+            with self._lock:
+                self._pending.pop(parent_id, None)
+
+    def _on_exit(self, reason: str) -> None:
+        with self._lock:
+            self.exit_reason = reason
+            pending, self._pending = self._pending, {}
+            callbacks = list(self._exit_callbacks)
+        for request in pending.values():
+            if request.on_lost is not None:
+                request.on_lost(reason)
+        for callback in callbacks:
+            callback(reason)
+
+    def add_exit_callback(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` once if the kernel dies (not when it is terminated)."""
+        with self._lock:
+            if self.exit_reason is None:
+                self._exit_callbacks.append(callback)
+                return
+        callback(self.exit_reason)
+
+    def lost_error(self) -> WorkerLostError:
+        reason = self.exit_reason or "the kernel stopped"
+        return WorkerLostError(
+            f"The runtime {self.runtime.id} terminated abruptly: {reason}",
+            runtime_id=self.runtime.id,
+            reason=reason,
+        )
+
+    def _raise_if_dead(self) -> None:
+        if self.exit_reason is not None:
+            raise self.lost_error()
+        if not self.runtime.is_alive():
+            raise RuntimeStartError(f"kernel {self.runtime.id} is not running")
+
+
+class _Deadline:
+    def __init__(self, timeout: float | None):
+        import time
+
+        self._clock = time.monotonic
+        self._end = None if timeout is None else self._clock() + timeout
+
+    def left(self) -> float:
+        return 3600.0 if self._end is None else max(0.0, self._end - self._clock())
+
+    def expired(self) -> bool:
+        return self._end is not None and self._clock() >= self._end
+
+
+def _echo_stream(content: dict) -> None:
+    """A task's print() shows on this process's stdout/stderr, as a child process's would."""
+    out = sys.stderr if content.get("name") == "stderr" else sys.stdout
+    try:
+        out.write(content.get("text", ""))
+        out.flush()
+    except Exception:  # noqa: BLE001 - a closed stdout must not break the I/O thread
+        pass
+
+
+def _merge_output(outputs: list[dict], output: dict) -> None:
+    """Append an output; consecutive text on the same stream becomes one output."""
+    if (
+        output["output_type"] == "stream"
+        and outputs
+        and outputs[-1]["output_type"] == "stream"
+        and outputs[-1]["name"] == output["name"]
+    ):
+        outputs[-1]["text"] += output["text"]
+    else:
+        outputs.append(output)
+

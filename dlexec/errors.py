@@ -1,0 +1,64 @@
+"""Every error dlexec raises, in one place.
+
+The executor's errors subclass the standard library's, so that code written for
+``ProcessPoolExecutor`` (``except BrokenProcessPool``, ``except BrokenExecutor``) keeps
+working.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures.process import BrokenProcessPool
+
+
+class RuntimeStartError(RuntimeError):
+    """A runtime (kernel) could not be started, reached or prepared for dlexec."""
+
+
+class WorkerLostError(BrokenProcessPool):
+    """The runtime running a task died (crash, ``os._exit``, out of memory, deleted).
+
+    ``runtime_id`` names the runtime and ``reason`` says how it ended, with the last
+    lines the kernel printed when they are known.
+    """
+
+    def __init__(self, message: str, runtime_id: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.runtime_id = runtime_id
+        self.reason = reason
+
+
+class InitializerFailed(BrokenProcessPool):
+    """The executor's ``initializer`` raised in a runtime; the pool is not usable anymore."""
+
+
+class RemoteError(Exception):
+    """An exception raised remotely that could not be rebuilt here.
+
+    It keeps what can always travel: the remote type's name, its message and the
+    formatted remote traceback (``traceback_text``). The traceback of this exception
+    shows the remote frames.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str = "", reason: str = ""):
+        super().__init__(type_name, message)
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+        self.reason = reason
+
+    def __str__(self) -> str:
+        text = f"{self.type_name}: {self.message}"
+        if self.reason:
+            text += f" ({self.reason})"
+        return text
+
+
+class ExecutionError(RuntimeError):
+    """Code run by :class:`dlexec.RuntimeService` failed where a value was expected.
+
+    ``response`` is the :class:`dlexec.ExecutionResponse` with the outputs and error.
+    """
+
+    def __init__(self, message: str, response=None):
+        super().__init__(message)
+        self.response = response

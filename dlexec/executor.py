@@ -1,0 +1,482 @@
+"""``DatalayerExecutor``: ``ProcessPoolExecutor``'s API with Jupyter kernels as workers.
+
+Data flow::
+
+    submit(fn, *args) --> _WorkItem --> pending --> _Pool._dispatch --> _Worker ======> kernel
+    (caller's thread:    (future +     (deque)     (lock held; makes   (a Runtime-     (dlexec.worker
+     dill-serializes)     frames)                   batches)            Service)        runs the batch)
+                                                                            ||
+    future.result() <-- set_result / set_exception <-- _Pool._on_reply <====++ (the runtime's I/O thread)
+
+* ``submit`` serializes the call with dill in the caller's thread (a failure is set on
+  the future, as ProcessPoolExecutor does) and queues a ``_WorkItem``.
+* ``_dispatch`` runs whenever something changes (a submit, a worker ready, a reply, a
+  death). It hands queued items to workers that have a free pipeline slot, as one ``run``
+  request per batch: the queue's fair share per free slot, so one item when the queue is
+  short (low latency) and up to ``MAX_BATCH`` when it is long (throughput). When every
+  worker is busy and fewer than ``max_workers`` exist, it starts one more; kernels start
+  lazily and in parallel, each in its own thread.
+* An item sent to a kernel is RUNNING and can no longer be cancelled; at most
+  ``PIPELINE_DEPTH`` batches per worker are in flight (ProcessPoolExecutor's call queue
+  plays the same role).
+* A kernel that dies breaks the pool, as a dead process breaks a ProcessPoolExecutor:
+  every pending future fails with :class:`~dlexec.errors.WorkerLostError` (a
+  ``BrokenProcessPool``) saying which runtime died and how; the other kernels are stopped.
+* ``shutdown``, garbage collection of the executor and interpreter exit let the pending
+  work finish, then stop every kernel; a ``KeyboardInterrupt`` in a ``with`` block stops
+  them at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+import weakref
+from collections import deque
+from concurrent.futures import Executor, InvalidStateError
+from concurrent.futures.process import _chain_from_iterable_of_lists, _get_chunks, _process_chunk
+from functools import partial
+from typing import Any, Callable
+
+from . import serialization
+from .errors import InitializerFailed, WorkerLostError
+from .futures import TaskFuture
+from .service import RuntimeService
+from .tracebacks import rebuild_exception
+from .worker import REQUEST
+
+#: Batches in flight per kernel: one running, one queued behind it.
+PIPELINE_DEPTH = 2
+#: Most tasks in one message.
+MAX_BATCH = 256
+
+_global_shutdown = False
+_live_pools: weakref.WeakSet = weakref.WeakSet()
+
+
+def _python_exit() -> None:
+    """At interpreter exit, finish the pending work and stop the kernels (as ProcessPoolExecutor)."""
+    global _global_shutdown
+    _global_shutdown = True
+    for pool in list(_live_pools):
+        pool.shutdown(wait=True)
+
+
+# Runs before non-daemon threads are joined and before atexit, like concurrent.futures.
+threading._register_atexit(_python_exit)
+
+
+class _WorkItem:
+    __slots__ = ("id", "future", "frames")
+
+    def __init__(self, id: int, future: TaskFuture, frames: list):
+        self.id, self.future, self.frames = id, future, frames
+
+
+class _Batch:
+    """Items sent to one kernel in one request, by task id."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[_WorkItem]):
+        self.items = {item.id: item for item in items}
+
+
+class _Worker:
+    """One kernel of the pool, and what it is doing."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.service: RuntimeService | None = None
+        self.state = "starting"  # -> ready -> retiring -> stopped
+        self.inflight: set[_Batch] = set()
+        self.sent = 0  # tasks sent, for max_tasks_per_child
+        self.thread: threading.Thread | None = None
+
+    @property
+    def runtime_id(self) -> str:
+        if self.service is not None and self.service.is_started:
+            return self.service.channel.runtime.id
+        return self.name
+
+
+class _Pool:
+    """The executor's state and scheduling; everything mutable is guarded by ``lock``."""
+
+    def __init__(self, max_workers: int, initializer_frames: list | None, max_tasks_per_child: int | None,
+                 backend: str | None, start_timeout: float, runtime_options: dict):
+        self.max_workers = max_workers
+        self.initializer_frames = initializer_frames
+        self.max_tasks_per_child = max_tasks_per_child
+        self.backend = backend
+        self.start_timeout = start_timeout
+        self.runtime_options = runtime_options
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self.pending: deque[_WorkItem] = deque()
+        self.workers: list[_Worker] = []
+        self.broken: str | None = None
+        self.shutting_down = False
+        self._ids = itertools.count(1)
+        self._names = itertools.count(1)
+        self._finisher: threading.Thread | None = None
+        _live_pools.add(self)
+
+    # -- submit -----------------------------------------------------------------------------
+
+    def check_open(self) -> None:
+        if self.broken:
+            raise WorkerLostError(self.broken)
+        if self.shutting_down:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _global_shutdown:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def submit(self, fn: Callable, args: tuple, kwargs: dict) -> TaskFuture:
+        self.check_open()
+        future = TaskFuture()
+        try:
+            frames = serialization.dumps((fn, args, kwargs))
+        except Exception as exc:  # noqa: BLE001 - as ProcessPoolExecutor: the future carries it
+            future.set_exception(exc)
+            return future
+        with self.lock:
+            self.check_open()
+            self.pending.append(_WorkItem(next(self._ids), future, frames))
+            self._dispatch()
+        return future
+
+    # -- scheduling (lock held) -------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        if self.broken:
+            return
+        while self.pending:
+            free = [w for w in self.workers if w.state == "ready" and len(w.inflight) < PIPELINE_DEPTH]
+            if not free:
+                break
+            slots = sum(PIPELINE_DEPTH - len(w.inflight) for w in free)
+            worker = min(free, key=lambda w: len(w.inflight))
+            size = min(MAX_BATCH, math.ceil(len(self.pending) / slots))
+            if self.max_tasks_per_child:
+                size = min(size, self.max_tasks_per_child - worker.sent)
+            items = []
+            while self.pending and len(items) < size:
+                item = self.pending.popleft()
+                if item.future.set_running_or_notify_cancel():  # False: it was cancelled
+                    items.append(item)
+            if items:
+                self._send(worker, items)
+        starting = sum(1 for w in self.workers if w.state == "starting")
+        active = sum(1 for w in self.workers if w.state != "stopped")
+        if self.pending and starting < len(self.pending) and active < self.max_workers:
+            self._start_worker()
+
+    def _send(self, worker: _Worker, items: list[_WorkItem]) -> None:
+        batch = _Batch(items)
+        tasks, frames = [], []
+        now = time.time()
+        for item in items:
+            tasks.append([item.id, len(item.frames)])
+            frames.extend(item.frames)
+            item.future.runtime_id = worker.runtime_id
+            item.future.started_at = now
+            item.frames = None  # sent: free the payload
+        worker.inflight.add(batch)
+        worker.sent += len(items)
+        if self.max_tasks_per_child and worker.sent >= self.max_tasks_per_child:
+            worker.state = "retiring"
+        try:
+            worker.service.channel.request(
+                "shell", REQUEST, {"op": "run", "tasks": tasks}, frames,
+                on_reply=partial(self._on_reply, worker, batch),
+                on_lost=partial(self._on_lost, worker),
+            )
+        except WorkerLostError as exc:
+            self._break(exc)
+
+    def _start_worker(self) -> None:
+        worker = _Worker(f"dlexec-worker-{next(self._names)}")
+        self.workers.append(worker)
+        worker.thread = threading.Thread(target=self._run_start, args=(worker,), name=worker.name, daemon=True)
+        worker.thread.start()
+
+    # -- worker life ------------------------------------------------------------------------
+
+    def _run_start(self, worker: _Worker) -> None:
+        """Start one kernel and run the initializer in it (in the worker's own thread)."""
+        service = RuntimeService(worker.name, backend=self.backend, start_timeout=self.start_timeout,
+                                 **self.runtime_options)
+        worker.service = service
+        try:
+            service.start()
+            service.channel.add_exit_callback(partial(self._on_lost, worker))
+            if self.initializer_frames is not None:
+                content, frames = service.channel.call("init", frames=self.initializer_frames)
+                if content.get("status") != "ok":
+                    cause = rebuild_exception(content.get("info") or {}, frames)
+                    error = InitializerFailed(
+                        f"A runtime initializer failed, the pool is not usable anymore: "
+                        f"{type(cause).__name__}: {cause}"
+                    )
+                    error.__cause__ = cause
+                    raise error
+        except BaseException as exc:  # noqa: BLE001 - reported through the futures
+            service.terminate()
+            with self.lock:
+                cancelled = worker.state == "stopped"
+                worker.state = "stopped"
+                if not cancelled:
+                    if not isinstance(exc, InitializerFailed):
+                        error = WorkerLostError(f"A runtime could not be started: {exc}", worker.name, str(exc))
+                        error.__cause__ = exc
+                        exc = error
+                    self._break(exc)
+                self.changed.notify_all()
+            return
+        with self.lock:
+            if worker.state == "stopped" or self.broken:  # shut down or broken while starting
+                worker.state = "stopped"
+                stop = True
+            else:
+                stop = False
+                worker.state = "ready"
+                self._dispatch()
+            self.changed.notify_all()
+        if stop:
+            service.terminate()
+
+    def _on_reply(self, worker: _Worker, batch: _Batch, msg: dict) -> bool:
+        """A ``run`` reply (I/O thread): set the futures it reports. True when it is the last."""
+        content = msg["content"]
+        frames = msg.get("buffers") or []
+        done = []
+        if content.get("status") != "ok":  # the worker failed outside any task
+            error = rebuild_exception(content.get("info") or {}, frames)
+            done = [(item, False, error) for item in batch.items.values()]
+            batch.items.clear()
+        else:
+            offset = 0
+            for task_id, status, count, info in content["results"]:
+                item = batch.items.pop(task_id)
+                done.append((item, *_outcome(status, info, frames[offset: offset + count])))
+                offset += count
+        final = content.get("final", True)
+        if final and batch.items:  # cannot happen with a well-behaved worker
+            lost = RuntimeError("the runtime did not report the result of this task")
+            done.extend((item, False, lost) for item in batch.items.values())
+        now = time.time()
+        for item, ok, value in done:
+            item.future.finished_at = now
+            if ok:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(value)
+        if final:
+            with self.lock:
+                worker.inflight.discard(batch)
+                retire = worker.state == "retiring" and not worker.inflight
+                if retire:
+                    worker.state = "stopped"
+                    self.workers.remove(worker)
+                self._dispatch()
+                self.changed.notify_all()
+            if retire:
+                threading.Thread(target=worker.service.terminate, daemon=True).start()
+        return final
+
+    def _on_lost(self, worker: _Worker, reason: str) -> None:
+        """A kernel died (I/O thread): the pool is broken, as ProcessPoolExecutor's would be."""
+        with self.lock:
+            if worker.state == "stopped" or self.broken:
+                return
+            error = WorkerLostError(
+                "A runtime in the pool terminated abruptly while the future was running or pending: "
+                f"{reason}",
+                runtime_id=worker.runtime_id,
+                reason=reason,
+            )
+            self._break(error)
+
+    def _break(self, error: BaseException) -> None:
+        """Fail every pending and running future with ``error`` and stop every kernel (lock held)."""
+        if self.broken:
+            return
+        self.broken = str(error)
+        items = list(self.pending)
+        self.pending.clear()
+        workers = list(self.workers)
+        for worker in workers:
+            for batch in worker.inflight:
+                items.extend(batch.items.values())
+                batch.items.clear()
+            worker.inflight.clear()
+            if worker.state != "starting":
+                worker.state = "stopped"
+        self.changed.notify_all()
+        threading.Thread(target=self._fail_and_stop, args=(items, workers, error), daemon=True).start()
+
+    def _fail_and_stop(self, items, workers, error) -> None:
+        for item in items:
+            try:
+                item.future.set_exception(error)
+            except InvalidStateError:  # cancelled meanwhile
+                pass
+        _terminate_all(w for w in workers if w.state == "stopped")
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        with self.lock:
+            self.shutting_down = True
+            if cancel_futures:
+                for item in self.pending:
+                    item.future.cancel()
+                self.pending.clear()
+            if self._finisher is None:
+                self._finisher = threading.Thread(target=self._finish, name="dlexec-shutdown", daemon=True)
+                self._finisher.start()
+            finisher = self._finisher
+            self.changed.notify_all()
+        if wait:
+            finisher.join()
+
+    def _finish(self) -> None:
+        """Wait for the pending work, then stop every kernel."""
+        with self.lock:
+            while not self.broken and (self.pending or any(w.inflight for w in self.workers)):
+                self.changed.wait(0.5)
+            workers = list(self.workers)
+            self.workers.clear()
+            for worker in workers:
+                worker.state = "stopped"
+        for worker in workers:  # a kernel still starting stops itself when it is up
+            if worker.thread is not None and worker.thread is not threading.current_thread():
+                worker.thread.join(self.start_timeout + 5)
+        _terminate_all(workers)
+        _live_pools.discard(self)
+
+    def kill(self) -> None:
+        """Stop at once: cancel what has not started, fail what runs, stop every kernel."""
+        with self.lock:
+            self.shutting_down = True
+            for item in self.pending:
+                item.future.cancel()
+            self.pending.clear()
+            self._break(WorkerLostError("the executor was stopped while the task was running"))
+        self.shutdown(wait=True)
+
+
+def _outcome(status: str, info: dict | None, frames: list) -> tuple[bool, Any]:
+    """``(True, result)`` or ``(False, exception)`` for one task's reply."""
+    if status == "ok":
+        try:
+            return True, serialization.loads(frames)
+        except Exception as exc:  # noqa: BLE001 - a result that cannot be rebuilt here
+            error = TypeError(f"the task's result could not be deserialized here: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            return False, error
+    return False, rebuild_exception(info or {}, frames)
+
+
+def _terminate_all(workers) -> None:
+    """Stop the workers' kernels in parallel (remote ones take a request each)."""
+    threads = [threading.Thread(target=w.service.terminate, daemon=True) for w in workers if w.service is not None]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+
+class DatalayerExecutor(Executor):
+    """A ``ProcessPoolExecutor`` whose workers are Jupyter kernels (runtimes).
+
+    The arguments are ``ProcessPoolExecutor``'s; ``mp_context`` is accepted and ignored
+    (kernels are not multiprocessing children). The keyword-only options choose the
+    backend (``"local"``, the default, or ``$DLEXEC_BACKEND``), how long a runtime may
+    take to start, and pass backend settings on (for ``local``: ``kernel_name``,
+    ``extra_arguments``, ``env``, ``cwd``).
+
+    Callables, arguments and results travel with dill; remote exceptions are re-raised
+    with their remote traceback; a runtime that dies breaks the pool with a
+    :class:`~dlexec.errors.WorkerLostError` (a ``BrokenProcessPool``).
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable | None = None,
+        initargs: tuple = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        backend: str | None = None,
+        start_timeout: float = 60.0,
+        **runtime_options: Any,
+    ):
+        if max_workers is None:
+            from loky import cpu_count
+
+            max_workers = cpu_count()
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        initializer_frames = None
+        if initializer is not None:
+            try:
+                initializer_frames = serialization.dumps((initializer, tuple(initargs)))
+            except Exception as exc:
+                raise TypeError(f"the initializer and its arguments cannot be serialized with dill: {exc}") from exc
+        self._max_workers = max_workers
+        self._mp_context = mp_context
+        self._pool = _Pool(max_workers, initializer_frames, max_tasks_per_child, backend, start_timeout,
+                           runtime_options)
+        # Garbage collection lets the pending work finish, then stops the kernels.
+        self._finalizer = weakref.finalize(self, self._pool.shutdown, False)
+
+    @property
+    def max_workers(self) -> int:
+        return self._max_workers
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> TaskFuture:
+        """Run ``fn(*args, **kwargs)`` in a runtime; returns a :class:`TaskFuture`."""
+        return self._pool.submit(fn, args, kwargs)
+
+    def map(self, fn: Callable, *iterables, timeout: float | None = None, chunksize: int = 1):
+        """As ``ProcessPoolExecutor.map``: results in order; a chunk runs as one remote call."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        results = super().map(partial(_process_chunk, fn), _get_chunks(*iterables, chunksize=chunksize),
+                              timeout=timeout)
+        return _chain_from_iterable_of_lists(results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As ``ProcessPoolExecutor.shutdown``; afterwards no kernel of this executor runs."""
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._pool.kill()  # Ctrl-C: do not wait for the remote work
+        else:
+            self.shutdown(wait=True)
+        return False
+
+    def __repr__(self) -> str:
+        pool = self._pool
+        with pool.lock:
+            state = "broken" if pool.broken else ("shut down" if pool.shutting_down else "running")
+            ready = sum(1 for w in pool.workers if w.state in ("ready", "retiring"))
+            running = sum(len(b.items) for w in pool.workers for b in w.inflight)
+            pending = len(pool.pending)
+        return (f"<DatalayerExecutor {state}: {ready}/{self._max_workers} runtimes ready, "
+                f"{running} running, {pending} pending>")

@@ -1,0 +1,36 @@
+"""Backends: one module per way of reaching a kernel, behind :class:`base.Runtime`.
+
+:func:`create_runtime` is the only place that knows the backends by name, so the
+executor and :class:`dlexec.RuntimeService` never import a backend module themselves.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .base import Runtime
+
+BACKENDS = ("local",)
+DEFAULT_BACKEND = "local"
+
+
+def resolve_backend(backend: str | None) -> str:
+    """The backend to use: the argument, else ``$DLEXEC_BACKEND``, else ``local``."""
+    name = backend or os.environ.get("DLEXEC_BACKEND") or DEFAULT_BACKEND
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown dlexec backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    return name
+
+
+def create_runtime(backend: str | None, name: str, **options) -> Runtime:
+    """A new, not yet started runtime of the given backend."""
+    backend = resolve_backend(backend)
+    if backend == "local":
+        from .local import LocalRuntime
+
+        return LocalRuntime(name, **options)
+    raise AssertionError(backend)  # pragma: no cover - resolve_backend checked it
+
+
+__all__ = ["BACKENDS", "Runtime", "create_runtime", "resolve_backend"]

@@ -1,0 +1,284 @@
+"""A local ipykernel, started and driven with jupyter-client.
+
+The kernel listens on Unix sockets (the IPC transport) in a private ``0700`` temporary
+directory, with jupyter-client's HMAC message signing, so no other user can reach it and
+no TCP port is opened. Its own stdout/stderr (C-level output, crash reports) go to a log
+file in that directory, whose tail explains a crash. jupyter-client sets
+``JPY_PARENT_PID``, so the kernel exits by itself when this process dies.
+
+One I/O thread per kernel owns the ZeroMQ sockets (they are not thread-safe): it sends
+what :meth:`LocalRuntime.send` queued, delivers what arrives, and notices when the
+kernel process exits.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+
+import zmq
+from jupyter_client import KernelManager
+
+from .base import Runtime, RuntimeStartError
+
+_log = logging.getLogger("dlexec")
+_POLL_MS = 100  # how often the I/O thread checks that the kernel process is alive
+_LOG_TAIL_LINES = 20
+
+#: Kernel options that take ~1 ms off each execution: no sqlite history, no post-execute sleep.
+KERNEL_ARGUMENTS = ("--HistoryManager.enabled=False", "--IPythonKernel._execute_sleep=0")
+
+
+class LocalRuntime(Runtime):
+    """An ipykernel child process of this Python process."""
+
+    kind = "local"
+
+    def __init__(
+        self,
+        name: str = "local",
+        kernel_name: str = "python3",
+        *,
+        extra_arguments: tuple[str, ...] = (),
+        env: dict | None = None,
+        cwd: str | None = None,
+    ):
+        super().__init__(name)
+        self.kernel_name = kernel_name
+        self.extra_arguments = tuple(extra_arguments)
+        self.env = env
+        self.cwd = cwd
+        self._km: KernelManager | None = None
+        self._log = None
+        self._restarting = False
+        self._dir: str | None = None
+        self._log_path: str | None = None
+        self._outbox: collections.deque = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._exit_reason: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def id(self) -> str:
+        return f"{self.name} (pid {self.pid})" if self.pid else self.name
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None else None
+
+    @property
+    def _process(self):
+        return getattr(self._km.provisioner, "process", None) if self._km else None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        self._dir = tempfile.mkdtemp(prefix="dlexec-")  # mode 0700
+        self._log_path = os.path.join(self._dir, "kernel.log")
+        transport, ip = ("ipc", os.path.join(self._dir, "kernel")) if hasattr(os, "fork") else ("tcp", "127.0.0.1")
+        km = KernelManager(
+            kernel_name=self.kernel_name,
+            transport=transport,
+            ip=ip,
+            connection_file=os.path.join(self._dir, "connection.json"),
+        )
+        self._km = km
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # debugpy's frozen-modules warning
+        self._log = open(self._log_path, "ab")  # noqa: SIM115 - kept open for restarts
+        try:
+            km.start_kernel(
+                extra_arguments=[*KERNEL_ARGUMENTS, *self.extra_arguments],
+                env=env,
+                cwd=self.cwd or os.getcwd(),
+                stdout=self._log,
+                stderr=self._log,
+            )
+        except Exception as exc:
+            self.terminate()
+            raise RuntimeStartError(f"could not start a local kernel ({self.kernel_name!r}): {exc}") from exc
+        self._session = km.session
+        self._sockets = {
+            "shell": km.connect_shell(identity=km.session.bsession),
+            "control": km.connect_control(identity=km.session.bsession),
+            "iopub": km.connect_iopub(),
+        }
+        for sock in self._sockets.values():
+            sock.linger = 0
+        self._thread = threading.Thread(target=self._io_loop, name=f"dlexec-io-{self.name}", daemon=True)
+        self._thread.start()
+
+    def message(self, msg_type: str, content: dict, metadata: dict | None = None) -> dict:
+        return self._session.msg(msg_type, content, metadata=metadata)
+
+    def send(self, channel: str, msg: dict, buffers=()) -> None:
+        if self._stopping or self._exit_reason is not None:
+            raise RuntimeError(f"kernel {self.id} is not running")
+        self._outbox.append((channel, msg, list(buffers)))
+        self._wake()
+
+    def interrupt(self) -> None:
+        if self._km is not None and self.is_alive():
+            self._km.interrupt_kernel()
+
+    def restart(self, timeout: float = 60.0) -> None:
+        if self._km is None:
+            raise RuntimeStartError("the kernel was never started")
+        self._restarting = True  # the old process's exit is not a death
+        try:
+            self._km.restart_kernel(now=True)
+        except Exception as exc:
+            raise RuntimeStartError(f"could not restart kernel {self.id}: {exc}") from exc
+        finally:
+            self._restarting = False
+
+    def is_alive(self) -> bool:
+        process = self._process
+        return process is not None and process.poll() is None
+
+    @property
+    def exit_reason(self) -> str | None:
+        return self._exit_reason
+
+    def terminate(self) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._wake()
+            self._thread.join(timeout=5)
+        km = self._km
+        if km is not None:
+            try:
+                if km.has_kernel:
+                    process = self._process
+                    if process is not None and process.poll() is None:
+                        _kill_group(process, getattr(km.provisioner, "pgid", None))
+                        process.wait(timeout=5)
+                    km.cleanup_resources(restart=False)
+            except Exception:  # noqa: BLE001 - termination must not raise
+                pass
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self._log is not None:
+            self._log.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "pid": self.pid, "directory": self._dir}
+
+    # -- the I/O thread -----------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:  # full (the thread has plenty to wake it) or already closed
+            pass
+
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        by_socket = {}
+        for channel, sock in self._sockets.items():
+            poller.register(sock, zmq.POLLIN)
+            by_socket[sock] = channel
+        poller.register(self._wake_r, zmq.POLLIN)
+        session = self._session
+        next_check = 0.0
+        try:
+            while not self._stopping:
+                events = dict(poller.poll(_POLL_MS))
+                if self._wake_r in events:
+                    try:
+                        os.read(self._wake_r, 65536)
+                    except BlockingIOError:
+                        pass
+                while self._outbox:
+                    channel, msg, buffers = self._outbox.popleft()
+                    session.send(self._sockets[channel], msg, buffers=buffers)
+                for sock, channel in by_socket.items():
+                    if sock in events:
+                        self._drain(sock, channel)
+                now = time.monotonic()
+                if now >= next_check or not events:
+                    next_check = now + _POLL_MS / 1000
+                    process = self._process
+                    if not self._restarting and process is not None and process.poll() is not None:
+                        for sock, channel in by_socket.items():  # what it said before dying
+                            self._drain(sock, channel)
+                        self._exit_reason = self._describe_exit(process.returncode)
+                        break
+        finally:
+            for sock in self._sockets.values():
+                sock.close(linger=0)
+        if self._exit_reason is not None and not self._stopping:
+            self.on_exit(self._exit_reason)
+
+    def _drain(self, sock, channel: str) -> None:
+        session = self._session
+        while True:
+            try:
+                idents, msg = session.recv(sock, mode=zmq.NOBLOCK, content=True, copy=False)
+            except zmq.Again:
+                return
+            except Exception:  # noqa: BLE001 - a bad message must not kill the I/O thread
+                continue
+            if msg is None:
+                return
+            try:
+                self.on_message(channel, msg)
+            except Exception:  # noqa: BLE001 - a handler bug must not stop the I/O thread
+                _log.exception("dlexec: error while handling a %s message", channel)
+
+    def _describe_exit(self, code: int) -> str:
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            how = f"was killed by {name} ({code})"
+            if -code == signal.SIGKILL:
+                how += ", possibly by the out-of-memory killer"
+        else:
+            how = f"exited with code {code}"
+        tail = self.log_tail()
+        return f"kernel {self.id} {how}" + (f"; its last output:\n{tail}" if tail else "")
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last lines the kernel process wrote to its own stdout/stderr."""
+        if not self._log_path:
+            return ""
+        try:
+            with open(self._log_path, "rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - 8192))
+                text = log.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _kill_group(process, pgid) -> None:
+    """SIGKILL the kernel and what it started (it leads its own process group)."""
+    try:
+        if pgid and hasattr(os, "killpg"):
+            os.killpg(pgid, signal.SIGKILL)
+        else:
+            process.kill()
+    except OSError:
+        pass

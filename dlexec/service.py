@@ -1,0 +1,381 @@
+"""``RuntimeService``: the seed document's runtime API, over any backend.
+
+A :class:`RuntimeService` owns one runtime (one kernel): it starts it, runs code and
+files in it, moves variables in and out with dill (binary message buffers, one message
+each way), snapshots it and terminates it. Unlike the reference SDK, a kernel error makes
+``success`` False, a timeout interrupts the kernel, and ``execute_file`` runs ``.py``
+files and notebooks cell by cell.
+
+Each :class:`dlexec.DatalayerExecutor` worker is a ``RuntimeService``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+from . import serialization, snapshots
+from .channel import KernelChannel
+from .errors import ExecutionError
+from .runtimes import create_runtime, resolve_backend
+from .snapshots import RuntimeSnapshotModel
+
+DEFAULT_ENVIRONMENT = "python-cpu-env"
+DEFAULT_RUN_URL = "https://prod1.datalayer.run"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@dataclasses.dataclass
+class ExecutionResponse:
+    """What running code produced.
+
+    ``execute_response`` holds nbformat v4 outputs (``stream``, ``execute_result``,
+    ``display_data``, ``error``). ``stdout`` and ``stderr`` are the text of the stdout and
+    stderr streams; ``stderr`` also ends with the error's traceback, if any.
+    """
+
+    success: bool
+    message: str | None = None
+    execute_response: list = dataclasses.field(default_factory=list)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(o["text"] for o in self.execute_response if _is_stream(o, "stdout"))
+
+    @property
+    def stderr(self) -> str:
+        parts = [o["text"] for o in self.execute_response if _is_stream(o, "stderr")]
+        for output in self.execute_response:
+            if output.get("output_type") == "error":
+                parts.append(_ANSI.sub("", "\n".join(output.get("traceback") or [])) + "\n")
+        return "".join(parts)
+
+    @property
+    def error(self) -> dict | None:
+        """The ``error`` output (``ename``, ``evalue``, ``traceback``), if the code raised."""
+        return next((o for o in self.execute_response if o.get("output_type") == "error"), None)
+
+    @property
+    def result(self) -> dict | None:
+        """The ``execute_result`` mime bundle of the last expression, if any."""
+        found = [o for o in self.execute_response if o.get("output_type") == "execute_result"]
+        return found[-1]["data"] if found else None
+
+    def __repr__(self) -> str:
+        return (f"ExecutionResponse(success={self.success!r}, message={self.message!r}, "
+                f"stdout={self.stdout!r}, stderr={self.stderr!r})")
+
+
+@dataclasses.dataclass
+class RuntimeModel:
+    """A runtime's configuration and state, as the seed's ``model`` property returns it."""
+
+    name: str
+    environment: str
+    time_reservation: float
+    run_url: str
+    iam_url: str
+    backend: str
+    pod_name: str | None = None
+    ingress: str | None = None
+    reservation_id: str | None = None
+    uid: str | None = None
+    burning_rate: float | None = None
+    jupyter_token: str | None = None
+    started_at: str | None = None
+    expired_at: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DatalayerURLs:
+    run_url: str
+    iam_url: str
+
+
+class RuntimeService:
+    """One runtime: start it, run code in it, move variables, snapshot, terminate.
+
+    The arguments are the seed API's. ``backend`` chooses where the kernel runs
+    (``"local"`` by default, or ``$DLEXEC_BACKEND``); ``snapshot`` starts the runtime from
+    a snapshot's variables; other keyword arguments go to the backend (for ``local``:
+    ``kernel_name``, ``extra_arguments``, ``env``, ``cwd``). On the local backend the
+    Datalayer arguments (environment, URLs, token) are kept but not used.
+
+    The runtime starts on ``__enter__``, :meth:`start`, or the first call that needs it,
+    and stops on ``__exit__``, :meth:`terminate`, garbage collection or interpreter exit.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        environment: str = DEFAULT_ENVIRONMENT,
+        time_reservation: float = 10.0,
+        run_url: str = DEFAULT_RUN_URL,
+        iam_url: str | None = None,
+        token: str | None = None,
+        pod_name: str | None = None,
+        ingress: str | None = None,
+        reservation_id: str | None = None,
+        uid: str | None = None,
+        burning_rate: float | None = None,
+        jupyter_token: str | None = None,
+        started_at: str | None = None,
+        expired_at: str | None = None,
+        *,
+        backend: str | None = None,
+        snapshot: str | None = None,
+        start_timeout: float = 60.0,
+        **runtime_options: Any,
+    ):
+        self._backend = resolve_backend(backend)
+        self._model = RuntimeModel(
+            name=name,
+            environment=environment,
+            time_reservation=time_reservation,
+            run_url=run_url.rstrip("/"),
+            iam_url=(iam_url or run_url).rstrip("/"),
+            backend=self._backend,
+            pod_name=pod_name,
+            ingress=ingress,
+            reservation_id=reservation_id,
+            uid=uid,
+            burning_rate=burning_rate,
+            jupyter_token=jupyter_token,
+            started_at=started_at,
+            expired_at=expired_at,
+        )
+        self._token = token
+        self._snapshot = snapshot
+        self._start_timeout = start_timeout
+        self._runtime_options = runtime_options
+        self._channel: KernelChannel | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    # -- properties (the seed's) ------------------------------------------------------------
+
+    model = property(lambda self: self._model, doc="All configuration and state, as a RuntimeModel.")
+    name = property(lambda self: self._model.name)
+    environment = property(lambda self: self._model.environment)
+    pod_name = property(lambda self: self._model.pod_name)
+    ingress = property(lambda self: self._model.ingress)
+    jupyter_token = property(lambda self: self._model.jupyter_token)
+    reservation_id = property(lambda self: self._model.reservation_id)
+    uid = property(lambda self: self._model.uid)
+    burning_rate = property(lambda self: self._model.burning_rate)
+    started_at = property(lambda self: self._model.started_at)
+    expired_at = property(lambda self: self._model.expired_at)
+    backend = property(lambda self: self._backend, doc="Where the kernel runs: 'local', ...")
+
+    @property
+    def urls(self) -> DatalayerURLs:
+        return DatalayerURLs(self._model.run_url, self._model.iam_url)
+
+    @property
+    def channel(self) -> KernelChannel:
+        """The message channel to the kernel (starts the runtime if needed)."""
+        self._ensure_started()
+        return self._channel  # type: ignore[return-value]
+
+    @property
+    def is_started(self) -> bool:
+        return self._channel is not None
+
+    def is_alive(self) -> bool:
+        return self._channel is not None and self._channel.exit_reason is None and self._channel.runtime.is_alive()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_alive() else ("stopped" if self.is_started else "not started")
+        return f"<RuntimeService {self.name!r} backend={self._backend} uid={self.uid} {state}>"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> RuntimeService:
+        """Start the runtime and prepare it for dlexec; raises :class:`RuntimeStartError`."""
+        if self._channel is not None:
+            return self
+        runtime = create_runtime(self._backend, self._model.name, **self._runtime_options)
+        channel = KernelChannel(runtime)
+        # Registered before starting, so that a kernel is never left behind by a failed start.
+        self._finalizer = weakref.finalize(self, runtime.terminate)
+        settings = {"sys_path": list(sys.path), "cwd": os.getcwd()} if runtime.kind == "local" else {}
+        channel.start(self._start_timeout, settings)
+        self._channel = channel
+        facts = runtime.describe()
+        self._model.uid = self._model.uid or facts.get("kernel_id") or facts.get("id")
+        self._model.started_at = self._model.started_at or str(time.time())
+        if self._snapshot:
+            self._restore(snapshots.get(self._snapshot))
+        return self
+
+    def _ensure_started(self) -> None:
+        if self._channel is None:
+            self.start()
+
+    def terminate(self) -> bool:
+        """Stop the runtime. Returns False if it was never started."""
+        if self._finalizer is None:
+            return False
+        self._finalizer()  # runs runtime.terminate once
+        return True
+
+    def __enter__(self) -> RuntimeService:
+        return self.start()
+
+    def __exit__(self, exc_type, exc_val, exc_tb) -> None:
+        self.terminate()
+
+    # -- code -------------------------------------------------------------------------------
+
+    def execute_code(self, code: str, variables: dict[str, Any] | None = None, output: str | None = None,
+                     debug: bool = False, timeout: float | None = 10.0):
+        """Run ``code`` with IPython; returns an :class:`ExecutionResponse`.
+
+        ``variables`` are set first; if ``output`` names a variable, its value is returned
+        instead (and a failed execution raises :class:`ExecutionError`). On ``timeout``
+        seconds the kernel is interrupted and the response says so (``success`` False).
+        """
+        self._ensure_started()
+        if variables:
+            self.set_variables(variables)
+        response = self._run_cell(code, timeout)
+        return self._finish(response, output, debug)
+
+    def execute_file(self, path: str | Path, variables: dict[str, Any] | None = None, output: str | None = None,
+                     debug: bool = False, timeout: float | None = 10.0):
+        """Run a ``.py`` file, or a notebook's code cells in order (stopping at the first error).
+
+        ``timeout`` applies to each cell.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        self._ensure_started()
+        if variables:
+            self.set_variables(variables)
+        if path.suffix == ".ipynb":
+            import nbformat
+
+            notebook = nbformat.read(path, as_version=4)
+            cells = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+        else:
+            cells = [path.read_text()]
+        outputs: list = []
+        response = ExecutionResponse(True, "Code executed successfully", outputs)
+        for cell in cells:
+            step = self._run_cell(cell, timeout)
+            outputs.extend(step.execute_response)
+            if not step.success:
+                response.success, response.message = False, step.message
+                break
+        return self._finish(response, output, debug)
+
+    def execute(self, code_or_path: str | Path, variables: dict[str, Any] | None = None, output: str | None = None,
+                debug: bool = False, timeout: float | None = 10.0):
+        """:meth:`execute_file` if ``code_or_path`` is an existing file, else :meth:`execute_code`."""
+        if isinstance(code_or_path, Path) or _is_file(code_or_path):
+            return self.execute_file(code_or_path, variables, output, debug, timeout)
+        return self.execute_code(code_or_path, variables, output, debug, timeout)
+
+    def _run_cell(self, code: str, timeout: float | None) -> ExecutionResponse:
+        reply, outputs = self._channel.execute(code, timeout=timeout)
+        status = reply.get("status")
+        if status == "ok":
+            return ExecutionResponse(True, "Code executed successfully", outputs)
+        if status == "timeout":
+            return ExecutionResponse(False, f"Execution timed out after {timeout:g} s; the kernel was interrupted",
+                                     outputs)
+        if status == "aborted":
+            return ExecutionResponse(False, "Execution was aborted", outputs)
+        return ExecutionResponse(False, f"{reply.get('ename')}: {reply.get('evalue')}", outputs)
+
+    def _finish(self, response: ExecutionResponse, output: str | None, debug: bool):
+        if debug:
+            sys.stdout.write(response.stdout)
+            sys.stderr.write(response.stderr)
+        if output is None:
+            return response
+        if not response.success:
+            raise ExecutionError(f"the code failed, so {output!r} was not read: {response.message}", response)
+        return self.get_variable(output)
+
+    # -- variables --------------------------------------------------------------------------
+
+    def set_variable(self, name: str, value: Any) -> None:
+        """Set one variable in the runtime's namespace."""
+        self.set_variables({name: value})
+
+    def set_variables(self, variables: dict[str, Any]) -> None:
+        """Set variables in the runtime's namespace: one message, values as dill buffers."""
+        self._send_variables({name: serialization.dumps(value) for name, value in _checked(variables)})
+
+    def _send_variables(self, frames_by_name: dict[str, list]) -> None:
+        names, frames = [], []
+        for name, value_frames in frames_by_name.items():
+            names.append([name, len(value_frames)])
+            frames.extend(value_frames)
+        content, _ = self.channel.call("set", {"names": names}, frames)
+        _raise_for(content)
+
+    def get_variable(self, name: str) -> Any:
+        """A variable's value from the runtime, or None if it is not defined."""
+        content, frames = self.channel.call("get", {"name": name})
+        if content.get("status") == "missing":
+            return None
+        _raise_for(content)
+        return serialization.loads(frames)
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def create_snapshot(self, name: str | None = None, description: str | None = None,
+                        stop: bool = True) -> RuntimeSnapshotModel:
+        """Save the runtime's variables (all that dill can serialize) as a snapshot.
+
+        Modules, IPython's own names and names starting with ``_`` are left out; what
+        could not be serialized is listed in ``metadata["skipped"]``. With ``stop`` the
+        runtime is terminated afterwards.
+        """
+        content, frames = self.channel.call("snapshot")
+        _raise_for(content)
+        variables, offset = {}, 0
+        for var, count in content["names"]:
+            variables[var] = frames[offset: offset + count]
+            offset += count
+        model = snapshots.save(name, description, self.environment, variables, content.get("skipped") or {})
+        if stop:
+            self.terminate()
+        return model
+
+    def _restore(self, snapshot: RuntimeSnapshotModel) -> None:
+        self._send_variables(snapshots.load_variables(snapshot))
+
+
+def _checked(variables: dict[str, Any]):
+    for name, value in variables.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"variable names must be Python identifiers, not {name!r}")
+        yield name, value
+
+
+def _raise_for(content: dict) -> None:
+    if content.get("status") == "ok":
+        return
+    info = content.get("info") or {}
+    raise ExecutionError(f"the runtime could not do it: {info.get('type')}: {info.get('message')}\n"
+                         f"{info.get('text', '')}".rstrip())
+
+
+def _is_stream(output: dict, name: str) -> bool:
+    return output.get("output_type") == "stream" and output.get("name") == name
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return "\n" not in text and len(text) < 4096 and os.path.isfile(text)
+    except (OSError, ValueError):
+        return False

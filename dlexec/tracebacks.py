@@ -1,0 +1,40 @@
+"""Rebuilding remote exceptions on the client.
+
+The kernel side (:func:`dlexec.serialization.dump_exception`) sends an exception with its
+chained causes and tblib-pickled tracebacks, plus a text rendering. Here the exception is
+rebuilt with its own type, args, causes and remote frames, so that an uncaught error
+prints the remote function's lines. When it cannot be rebuilt (its class does not exist
+here, or it could not be pickled remotely), a :class:`~dlexec.errors.RemoteError` carries
+the remote type name, message and traceback text instead, with the remote frames as its
+traceback.
+"""
+
+from __future__ import annotations
+
+from tblib import Traceback
+
+from . import serialization
+from .errors import RemoteError
+
+
+def rebuild_exception(info: dict, frames: list) -> BaseException:
+    """The remote exception described by ``info`` (and pickled in ``frames``, if any)."""
+    reason = info.get("pickle_error", "")
+    if frames:
+        try:
+            exc = serialization.loads(frames)
+        except Exception as error:  # noqa: BLE001 - any failure: fall back to the text
+            reason = f"it could not be rebuilt here: {type(error).__name__}: {error}"
+        else:
+            if isinstance(exc, BaseException):
+                return exc
+            reason = f"it arrived as a {type(exc).__name__}"
+    elif reason:
+        reason = f"it could not be serialized remotely: {reason}"
+    error = RemoteError(info.get("type", "Exception"), info.get("message", ""), info.get("text", ""), reason)
+    if info.get("traceback"):
+        try:
+            error = error.with_traceback(Traceback.from_dict(info["traceback"]).as_traceback())
+        except Exception:  # noqa: BLE001 - the text is still there
+            pass
+    return error

@@ -1,0 +1,206 @@
+"""The code that runs inside a kernel: a shell-message handler for dlexec requests.
+
+The client ships this module's source (with ``serialization.py``) in one
+``execute_request`` when a runtime starts; :func:`install` then registers a handler for
+``dlexec_request`` messages on the kernel's shell channel. Each request is one message
+with the payload in binary buffers and is answered on the shell channel (reliable,
+unlike IOPub) by one or more ``dlexec_reply`` messages; no IPython cell is run, so a
+task costs one kernel message each way.
+
+Requests (``content["op"]``):
+
+``run``       a batch of tasks ``(fn, args, kwargs)``; replies carry results or exceptions,
+              flushed at least every ``FLUSH_INTERVAL`` seconds while the batch runs.
+``init``      ``initializer(*initargs)``, once per kernel.
+``set``       assign variables in the user namespace.
+``get``       read one variable from the user namespace.
+``snapshot``  every picklable user variable, for a snapshot.
+``info``      Python, dill and tblib versions and the kernel's pid.
+
+Only the standard library, dill and tblib may be imported here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+try:  # imported as part of the dlexec package (tests, local tools)
+    from . import serialization
+except ImportError:  # shipped as source into a kernel
+    import _dlexec_serialization as serialization  # type: ignore[no-redef]
+
+REQUEST = "dlexec_request"
+REPLY = "dlexec_reply"
+FLUSH_INTERVAL = 0.05  # seconds between partial replies while a batch runs
+
+_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+class Worker:
+    """Answers dlexec requests inside one kernel."""
+
+    def __init__(self, kernel, user_ns: dict):
+        self.kernel = kernel
+        self.user_ns = user_ns
+        self.initialized = False
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    def handle(self, stream, idents, msg):
+        """ipykernel shell handler: never raises, always answers."""
+        content = msg["content"]
+        op = content.get("op")
+        frames = [memoryview(b) for b in msg.get("buffers") or ()]
+        reply = _Reply(self.kernel.session, stream, idents, msg)
+        try:
+            handler = getattr(self, f"op_{op}", None)
+            if handler is None:
+                reply.send({"status": "error", "error": f"unknown dlexec op {op!r}"})
+            else:
+                handler(content, frames, reply)
+        except BaseException as exc:  # noqa: BLE001 - a handler error must reach the client
+            info, exc_frames = serialization.dump_exception(exc)
+            reply.send({"status": "error", "info": info, "final": True}, exc_frames)
+
+    # -- ops ----------------------------------------------------------------------------
+
+    def op_run(self, content, frames, reply):
+        results, buffers = [], []
+        last_flush = time.monotonic()
+        offset = 0
+        for task_id, nframes in content["tasks"]:
+            task_frames = frames[offset : offset + nframes]
+            offset += nframes
+            status, info, out = self._run_one(task_frames)
+            results.append([task_id, status, len(out), info])
+            buffers.extend(out)
+            if time.monotonic() - last_flush > FLUSH_INTERVAL and offset < len(frames):
+                reply.send({"status": "ok", "results": results, "final": False}, buffers)
+                results, buffers = [], []
+                last_flush = time.monotonic()
+        reply.send({"status": "ok", "results": results, "final": True}, buffers)
+
+    def _run_one(self, frames):
+        """Run one task; returns (status, info, frames). Never raises."""
+        try:
+            try:
+                fn, args, kwargs = serialization.loads(frames)
+            except BaseException as exc:  # noqa: BLE001
+                return self._error(exc, strip=0)
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001
+                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
+                return self._error(exc, strip=1, status=status)
+            try:
+                return "ok", None, serialization.dumps(result)
+            except BaseException as exc:  # noqa: BLE001
+                error = TypeError(f"the result of the task cannot be serialized: {exc}")
+                error.__cause__ = exc
+                return self._error(error, strip=0)
+        except KeyboardInterrupt as exc:  # an interrupt between the steps above
+            return self._error(exc, strip=0, status="interrupted")
+
+    @staticmethod
+    def _error(exc, strip, status="error"):
+        # Drop this module's own frame so that the traceback starts in the user's code.
+        for _ in range(strip):
+            if exc.__traceback__ is not None:
+                exc.__traceback__ = exc.__traceback__.tb_next
+        info, frames = serialization.dump_exception(exc)
+        return status, info, frames
+
+    def op_init(self, content, frames, reply):
+        initializer, initargs = serialization.loads(frames)
+        status, info, out = "ok", None, []
+        try:
+            initializer(*initargs)
+        except BaseException as exc:  # noqa: BLE001
+            status, info, out = self._error(exc, strip=1)
+        self.initialized = status == "ok"
+        reply.send({"status": status, "info": info, "final": True}, out)
+
+    def op_set(self, content, frames, reply):
+        offset = 0
+        for name, nframes in content["names"]:
+            self.user_ns[name] = serialization.loads(frames[offset : offset + nframes])
+            offset += nframes
+        reply.send({"status": "ok", "final": True})
+
+    def op_get(self, content, frames, reply):
+        name = content["name"]
+        if name not in self.user_ns:
+            reply.send({"status": "missing", "final": True})
+            return
+        reply.send({"status": "ok", "final": True}, serialization.dumps(self.user_ns[name]))
+
+    def op_snapshot(self, content, frames, reply):
+        names, buffers, skipped = [], [], {}
+        for name, value in list(self.user_ns.items()):
+            if name.startswith("_") or name in _IPYTHON_NAMES or _is_module(value):
+                continue
+            try:
+                out = serialization.dumps(value)
+            except Exception as exc:  # noqa: BLE001
+                skipped[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            names.append([name, len(out)])
+            buffers.extend(out)
+        reply.send({"status": "ok", "names": names, "skipped": skipped, "final": True}, buffers)
+
+    def op_info(self, content, frames, reply):
+        import dill
+        import tblib
+
+        reply.send(
+            {
+                "status": "ok",
+                "final": True,
+                "pid": os.getpid(),
+                "python": list(sys.version_info[:3]),
+                "implementation": sys.implementation.name,
+                "dill": dill.__version__,
+                "tblib": tblib.__version__,
+                "cwd": os.getcwd(),
+            }
+        )
+
+
+class _Reply:
+    """Sends ``dlexec_reply`` messages to one request, on the shell channel."""
+
+    def __init__(self, session, stream, idents, parent):
+        self.session, self.stream, self.idents, self.parent = session, stream, idents, parent
+
+    def send(self, content, buffers=()):
+        for out in (sys.stdout, sys.stderr):  # let the task's prints go out first
+            try:
+                out.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        self.session.send(
+            self.stream, REPLY, content, parent=self.parent, ident=self.idents, buffers=list(buffers)
+        )
+
+
+def _is_module(value) -> bool:
+    return type(value).__name__ == "module"
+
+
+def install(settings: dict) -> dict:
+    """Register the handler in the running kernel; returns the kernel's versions."""
+    ip = get_ipython()  # type: ignore[name-defined]  # noqa: F821 - runs inside IPython
+    kernel = ip.kernel
+    for path in reversed(settings.get("sys_path") or ()):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    if settings.get("cwd") and os.path.isdir(settings["cwd"]):
+        os.chdir(settings["cwd"])
+    # Not needed by dlexec requests, but RuntimeService.execute_code pays it on every cell.
+    if hasattr(kernel, "_execute_sleep"):
+        kernel._execute_sleep = 0
+    worker = Worker(kernel, ip.user_ns)
+    kernel.shell_handlers[REQUEST] = worker.handle
+    return {"pid": os.getpid(), "python": list(sys.version_info[:3])}
