@@ -70,24 +70,28 @@ class KernelChannel:
 
     # -- start ------------------------------------------------------------------------------
 
-    def start(self, timeout: float, settings: dict | None = None) -> None:
+    def start(self, timeout: float) -> None:
         """Start the kernel, wait until it answers, install the worker and read its versions."""
         self.runtime.start(timeout)
         try:
             self._wait_ready(timeout)
-            sources = [(name, path.read_text()) for name, path in _SOURCES]
-            code = _BOOTSTRAP.format(sources=sources, settings=settings or {})
-            reply, outputs = self.execute(code, timeout=timeout, silent=True, store_history=False)
-            if reply.get("status") != "ok":
-                raise RuntimeStartError(
-                    f"could not install the dlexec worker in kernel {self.runtime.id}: "
-                    f"{reply.get('ename')}: {reply.get('evalue')}. The kernel's environment needs "
-                    "dill and tblib (pip install dill tblib)."
-                )
-            self.info, _ = self.call("info", timeout=timeout)
+            self.install_worker(timeout)
         except BaseException:
             self.runtime.terminate()
             raise
+
+    def install_worker(self, timeout: float) -> None:
+        """Ship the worker's source into the kernel and register its handler."""
+        sources = [(name, path.read_text()) for name, path in _SOURCES]
+        code = _BOOTSTRAP.format(sources=sources, settings=self.runtime.worker_settings())
+        reply, _ = self.execute(code, timeout=timeout, silent=True, store_history=False)
+        if reply.get("status") != "ok":
+            raise RuntimeStartError(
+                f"could not install the dlexec worker in kernel {self.runtime.id}: "
+                f"{reply.get('ename')}: {reply.get('evalue')}. The kernel's environment needs "
+                "dill and tblib (pip install dill tblib)."
+            )
+        self.info, _ = self.call("info", timeout=timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         """Wait for a ``kernel_info_reply`` and for IOPub to be connected (its first message)."""

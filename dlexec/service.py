@@ -203,8 +203,7 @@ class RuntimeService:
         channel = KernelChannel(runtime)
         # Registered before starting, so that a kernel is never left behind by a failed start.
         self._finalizer = weakref.finalize(self, runtime.terminate)
-        settings = {"sys_path": list(sys.path), "cwd": os.getcwd()} if runtime.kind == "local" else {}
-        channel.start(self._start_timeout, settings)
+        channel.start(self._start_timeout)
         self._channel = channel
         facts = runtime.describe()
         self._model.uid = self._model.uid or facts.get("kernel_id") or facts.get("id")

@@ -35,6 +35,7 @@ REQUEST = "dlexec_request"
 REPLY = "dlexec_reply"
 FLUSH_INTERVAL = 0.05  # seconds between partial replies while a batch runs
 
+_crash_log = None
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
 
@@ -198,6 +199,12 @@ def install(settings: dict) -> dict:
             sys.path.insert(0, path)
     if settings.get("cwd") and os.path.isdir(settings["cwd"]):
         os.chdir(settings["cwd"])
+    if settings.get("crash_log"):  # a local kernel: crash reports go where the client reads them
+        import faulthandler
+
+        global _crash_log
+        _crash_log = open(settings["crash_log"], "a")  # noqa: SIM115 - open for the kernel's life
+        faulthandler.enable(file=_crash_log, all_threads=False)
     # Not needed by dlexec requests, but RuntimeService.execute_code pays it on every cell.
     if hasattr(kernel, "_execute_sleep"):
         kernel._execute_sleep = 0

@@ -64,6 +64,10 @@ class Runtime(abc.ABC):
     def is_alive(self) -> bool:
         """Whether the kernel process is still running."""
 
+    def worker_settings(self) -> dict:
+        """Settings for :func:`dlexec.worker.install` in this kernel (see there)."""
+        return {}
+
     def describe(self) -> dict:
         """Facts for users: pid, URLs, ids. Backends add what they know."""
         return {"kind": self.kind, "id": self.id, "name": self.name}

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -180,6 +181,11 @@ class LocalRuntime(Runtime):
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
 
+    def worker_settings(self) -> dict:
+        # As multiprocessing's spawn does: the child sees this process's import path and
+        # working directory, so functions from the user's modules import there too.
+        return {"sys_path": list(sys.path), "cwd": os.getcwd(), "crash_log": self._log_path}
+
     def describe(self) -> dict:
         return {**super().describe(), "pid": self.pid, "directory": self._dir}
 
@@ -260,25 +266,22 @@ class LocalRuntime(Runtime):
         return f"kernel {self.id} {how}" + (f"; its last output:\n{tail}" if tail else "")
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        """The last lines the kernel process wrote to its own stdout/stderr."""
+        """The last lines the kernel process wrote to its own stdout/stderr.
+
+        For a crash, faulthandler's report from "Fatal Python error" down to the user's
+        last frame (the kernel's own frames below it are left out).
+        """
         if not self._log_path:
             return ""
         try:
             with open(self._log_path, "rb") as log:
                 log.seek(0, os.SEEK_END)
-                log.seek(max(0, log.tell() - 8192))
+                log.seek(max(0, log.tell() - 16384))
                 text = log.read().decode("utf-8", "replace")
         except OSError:
             return ""
-        return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def _kill_group(process, pgid) -> None:
-    """SIGKILL the kernel and what it started (it leads its own process group)."""
-    try:
-        if pgid and hasattr(os, "killpg"):
-            os.killpg(pgid, signal.SIGKILL)
-        else:
-            process.kill()
-    except OSError:
-        pass
+        start = text.rfind("Fatal Python error")
+        if start >= 0:
+            text = text[start:].split('File "<_dlexec_worker>"')[0]
+        kept = [line for line in text.strip().splitlines() if line.strip()]
+        return "\n".join(kept[-lines:])
