@@ -12,8 +12,10 @@ Data flow::
   the future, as ProcessPoolExecutor does) and queues a ``_WorkItem``.
 * ``_dispatch`` runs whenever something changes (a submit, a worker ready, a reply, a
   death). It hands queued items to workers that have a free pipeline slot, as one ``run``
-  request per batch: the queue's fair share per free slot, so one item when the queue is
-  short (low latency) and up to ``MAX_BATCH`` when it is long (throughput). When every
+  request per batch. A batch holds about ``BATCH_SECONDS`` of work, judged by the tasks'
+  measured durations (one task until the first result), and never more than the queue's
+  fair share per free slot: one task when the queue is short or the tasks are long (low
+  latency, little committed work), up to ``MAX_BATCH`` tiny ones (throughput). When every
   worker is busy and fewer than ``max_workers`` exist, it starts one more; kernels start
   lazily and in parallel, each in its own thread.
 * An item sent to a kernel is RUNNING and can no longer be cancelled; at most
@@ -51,6 +53,8 @@ from .worker import REQUEST
 PIPELINE_DEPTH = 2
 #: Most tasks in one message.
 MAX_BATCH = 256
+#: How much work (by measured task durations) one batch carries.
+BATCH_SECONDS = 0.05
 
 _global_shutdown = False
 _live_pools: weakref.WeakSet = weakref.WeakSet()
@@ -122,6 +126,7 @@ class _Pool:
         self._ids = itertools.count(1)
         self._names = itertools.count(1)
         self._finisher: threading.Thread | None = None
+        self.task_seconds: float | None = None  # moving average of the tasks' durations
         _live_pools.add(self)
 
     # -- submit -----------------------------------------------------------------------------
@@ -159,7 +164,7 @@ class _Pool:
                 break
             slots = sum(PIPELINE_DEPTH - len(w.inflight) for w in free)
             worker = min(free, key=lambda w: len(w.inflight))
-            size = min(MAX_BATCH, math.ceil(len(self.pending) / slots))
+            size = min(self._batch_limit(), math.ceil(len(self.pending) / slots))
             if self.max_tasks_per_child:
                 size = min(size, self.max_tasks_per_child - worker.sent)
             items = []
@@ -173,6 +178,11 @@ class _Pool:
         active = sum(1 for w in self.workers if w.state != "stopped")
         if self.pending and starting < len(self.pending) and active < self.max_workers:
             self._start_worker()
+
+    def _batch_limit(self) -> int:
+        if self.task_seconds is None:
+            return 1
+        return max(1, min(MAX_BATCH, int(BATCH_SECONDS / max(self.task_seconds, 1e-6))))
 
     def _send(self, worker: _Worker, items: list[_WorkItem]) -> None:
         batch = _Batch(items)
@@ -258,11 +268,16 @@ class _Pool:
             done = [(item, False, error) for item in batch.items.values()]
             batch.items.clear()
         else:
-            offset = 0
-            for task_id, status, count, info in content["results"]:
+            offset, seconds = 0, 0.0
+            for task_id, status, count, info, elapsed in content["results"]:
                 item = batch.items.pop(task_id)
                 done.append((item, *_outcome(status, info, frames[offset: offset + count])))
                 offset += count
+                seconds += elapsed
+            if done:
+                sample = seconds / len(done)
+                average = self.task_seconds
+                self.task_seconds = sample if average is None else 0.7 * average + 0.3 * sample
         final = content.get("final", True)
         if final and batch.items:  # cannot happen with a well-behaved worker
             lost = RuntimeError("the runtime did not report the result of this task")

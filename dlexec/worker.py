@@ -9,8 +9,9 @@ task costs one kernel message each way.
 
 Requests (``content["op"]``):
 
-``run``       a batch of tasks ``(fn, args, kwargs)``; replies carry results or exceptions,
-              flushed at least every ``FLUSH_INTERVAL`` seconds while the batch runs.
+``run``       a batch of tasks ``(fn, args, kwargs)``; replies carry results or exceptions
+              and each task's duration, flushed every ``FLUSH_INTERVAL`` seconds while the
+              batch runs.
 ``init``      ``initializer(*initargs)``, once per kernel.
 ``set``       assign variables in the user namespace.
 ``get``       read one variable from the user namespace.
@@ -74,8 +75,9 @@ class Worker:
         for task_id, nframes in content["tasks"]:
             task_frames = frames[offset : offset + nframes]
             offset += nframes
+            started = time.perf_counter()
             status, info, out = self._run_one(task_frames)
-            results.append([task_id, status, len(out), info])
+            results.append([task_id, status, len(out), info, time.perf_counter() - started])
             buffers.extend(out)
             if time.monotonic() - last_flush > FLUSH_INTERVAL and offset < len(frames):
                 reply.send({"status": "ok", "results": results, "final": False}, buffers)

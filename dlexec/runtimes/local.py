@@ -169,8 +169,8 @@ class LocalRuntime(Runtime):
                         _kill_group(process, getattr(km.provisioner, "pgid", None))
                         process.wait(timeout=5)
                     km.cleanup_resources(restart=False)
-            except Exception:  # noqa: BLE001 - termination must not raise
-                pass
+            except Exception:  # noqa: BLE001 - termination must not raise, but say why
+                _log.warning("dlexec: could not stop kernel %s", self.id, exc_info=True)
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -285,3 +285,14 @@ class LocalRuntime(Runtime):
             text = text[start:].split('File "<_dlexec_worker>"')[0]
         kept = [line for line in text.strip().splitlines() if line.strip()]
         return "\n".join(kept[-lines:])
+
+
+def _kill_group(process, pgid) -> None:
+    """SIGKILL the kernel and what it started (it leads its own process group)."""
+    try:
+        if pgid and hasattr(os, "killpg"):
+            os.killpg(pgid, signal.SIGKILL)
+        else:
+            process.kill()
+    except OSError:
+        pass

@@ -1,0 +1,324 @@
+"""Compare dlexec.DatalayerExecutor with other process pools, on one machine, in one run.
+
+Every executor gets the same number of workers (``--workers``, default 2):
+``dlexec.DatalayerExecutor`` (local Jupyter kernels), ``concurrent.futures.ProcessPoolExecutor``
+(PPE), ``loky.ProcessPoolExecutor`` and, only if it is importable, ipyparallel (a local
+``ipyparallel.Cluster``). Measured:
+
+1. round trip: ``ex.submit(identity, x).result()`` on a warm pool, one call at a time (ms);
+2. map: ``list(ex.map(square, range(10_000)))`` with ``chunksize=1`` and ``chunksize=100`` (s);
+3. start-up: from constructing a new executor to its first result,
+   ``Executor(n).submit(identity, 1).result()`` (s; the shutdown is not timed);
+4. payload: a task that returns its NumPy float64 argument (``--payload-mb``, 64 MB) (s).
+
+Each figure is the median of ``--repeat`` runs (the round trip: of 200 calls). Pools are
+warmed up first (tasks run until every worker has answered), so only start-up counts the
+time to start workers. The ratio columns are dlexec's time divided by the peer's:
+< 1 means dlexec is faster, 2.0 means dlexec takes twice as long.
+
+Usage::
+
+    python benchmarks/bench.py [--workers 2] [--repeat 5] [--quick] [--json out.json] [--png out.png]
+
+The executors run one after the other (PPE first, so that its fork start method forks a
+process without dlexec's threads); on a shared or busy machine, expect noise of 10-20 %.
+Every executor is shut down, also on errors and Ctrl-C; after each executor, the script
+checks that no worker process it saw (by ``os.getpid()`` in the tasks) is still alive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's dlexec
+
+# -- the tasks (module level, so that every executor can pickle them) ------------------------
+
+
+def identity(x):
+    return x
+
+
+def square(x):
+    return x * x
+
+
+def worker_pid(delay):
+    time.sleep(delay)
+    return os.getpid()
+
+
+# -- executors ----------------------------------------------------------------------------------
+
+
+def dlexec_factory(n):
+    import dlexec
+
+    return dlexec.DatalayerExecutor(n)
+
+
+def ppe_factory(n):
+    return concurrent.futures.ProcessPoolExecutor(n)
+
+
+def loky_factory(n):
+    import loky
+
+    return loky.ProcessPoolExecutor(n)
+
+
+@contextlib.contextmanager
+def ipyparallel_factory(n):
+    import ipyparallel
+
+    with ipyparallel.Cluster(n=n, log_level=40) as client:
+        client[:].use_dill()  # the tasks live in __main__
+        executor = client.executor()
+        try:
+            yield executor
+        finally:
+            executor.shutdown(wait=True)
+
+
+def executors() -> dict:
+    """Name -> factory(n) returning a context manager that yields an executor."""
+    found = {"dlexec": dlexec_factory, "ProcessPoolExecutor": ppe_factory, "loky": loky_factory}
+    try:
+        import ipyparallel  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        found["ipyparallel"] = ipyparallel_factory
+    return found
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+seen_pids: set[int] = set()  # every worker process used, checked at the end
+
+
+def median_time(fn, repeat: int) -> float:
+    """Median wall-clock seconds of ``repeat`` calls of ``fn()``."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def warm_up(ex, workers: int) -> None:
+    """Run short tasks until every worker has answered (workers may start lazily)."""
+    for _ in range(50):
+        pids = set(ex.map(worker_pid, [0.05] * (4 * workers)))
+        seen_pids.update(pids)
+        if len(pids) >= workers:
+            return
+    print(f"  note: only {len(pids)} of {workers} workers answered during the warm-up", file=sys.stderr)
+
+
+def measure(factory, args, results: dict) -> None:
+    """All measurements for one executor, into ``results`` (seconds, by measurement key)."""
+
+    # Time from construction: for ipyparallel, entering the context starts its cluster.
+    def start_up():
+        start = time.perf_counter()
+        with factory(args.workers) as ex:
+            ex.submit(identity, 1).result()
+            elapsed = time.perf_counter() - start
+            seen_pids.add(ex.submit(worker_pid, 0).result())
+        return elapsed
+
+    results["startup"] = statistics.median([start_up() for _ in range(args.startup_repeat)])
+
+    payload = np.random.default_rng(0).random(args.payload_mb * 2**20 // 8)
+    with factory(args.workers) as ex:
+        warm_up(ex, args.workers)
+        for _ in range(20):
+            ex.submit(identity, 0).result()
+        results["roundtrip"] = median_time(lambda: ex.submit(identity, 1).result(), args.calls) * 1000
+        for chunksize in (1, 100):
+            list(ex.map(square, range(200), chunksize=chunksize))  # warm-up
+            run = lambda: list(ex.map(square, range(args.tasks), chunksize=chunksize))  # noqa: E731
+            results[f"map{chunksize}"] = median_time(run, args.repeat)
+        ex.submit(identity, payload[:1024]).result()
+        back = ex.submit(identity, payload).result()
+        if not np.array_equal(back, payload):
+            print("  note: the payload came back different", file=sys.stderr)
+        del back
+        results["payload"] = median_time(lambda: ex.submit(identity, payload).result(), args.repeat)
+
+
+# -- reporting ----------------------------------------------------------------------------------
+
+
+def rows(args) -> list[tuple[str, str]]:
+    return [
+        ("roundtrip", f"round trip, submit().result() (ms, median of {args.calls})"),
+        ("map1", f"map {args.tasks:,} tasks, chunksize=1 (s)"),
+        ("map100", f"map {args.tasks:,} tasks, chunksize=100 (s)"),
+        ("startup", "start-up to first result (s)"),
+        ("payload", f"payload {args.payload_mb} MB float64 round trip (s)"),
+    ]
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "error"
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def ratio(a, b) -> str:
+    return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+
+
+def header(args) -> str:
+    def version(name):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    libs = ", ".join(f"{name} {version(name)}"
+                     for name in ("jupyter_client", "ipykernel", "dill", "loky", "numpy", "ipyparallel"))
+    return "\n".join([
+        f"# dlexec benchmark, {datetime.datetime.now().isoformat(timespec='seconds')}",
+        "",
+        f"- platform: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        f"- {libs}",
+        f"- {args.workers} workers per executor; figures are medians "
+        f"({args.repeat} runs, start-up {args.startup_repeat}, round trip {args.calls} calls); "
+        "ratio = dlexec time / peer time, < 1 means dlexec is faster",
+    ])
+
+
+def table(results: dict, args) -> str:
+    names = list(results)
+    peers = [n for n in ("ProcessPoolExecutor", "loky") if n in results]
+    short = {"ProcessPoolExecutor": "PPE"}
+    lines = [
+        "| measurement | " + " | ".join(names) + " | " + " | ".join(f"dlexec / {short.get(p, p)}" for p in peers) + " |",
+        "|---" + "|--:" * (len(names) + len(peers)) + "|",
+    ]
+    for key, label in rows(args):
+        values = [results[n].get(key) for n in names]
+        ratios = [ratio(results["dlexec"].get(key), results[p].get(key)) for p in peers]
+        lines.append(f"| {label} | " + " | ".join(map(fmt, values)) + " | " + " | ".join(ratios) + " |")
+    return "\n".join(lines)
+
+
+def save_png(results: dict, args, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"\nnote: matplotlib is not installed, {path} was not written")
+        return
+    peers = [p for p in ("ProcessPoolExecutor", "loky") if p in results]
+    labels = [label for _, label in rows(args)]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    height = 0.8 / len(peers)
+    for i, peer in enumerate(peers):
+        values = []
+        for key, _ in rows(args):
+            a, b = results["dlexec"].get(key), results[peer].get(key)
+            values.append(a / b if a is not None and b else 0)
+        ax.barh([y + i * height for y in range(len(labels))], values, height, label=f"dlexec / {peer}")
+    ax.axvline(1, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks([y + height * (len(peers) - 1) / 2 for y in range(len(labels))], labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("dlexec time / peer time (< 1: dlexec is faster)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"\nbar chart written to {path}")
+
+
+def leftovers() -> list[int]:
+    """The worker processes used since ``seen_pids`` was cleared that are still alive."""
+    time.sleep(1)  # let the last processes exit
+    alive = []
+    for pid in sorted(seen_pids - {os.getpid()}):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue  # a zombie: exited, not yet reaped
+        except OSError:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                pass
+        alive.append(pid)
+    seen_pids.clear()
+    return alive
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=2, help="workers per executor (default 2)")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per measurement (default 5, --quick 2)")
+    parser.add_argument("--payload-mb", type=int, default=64, help="payload array size in MB (default 64)")
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run: 2,000 tasks, fewer repetitions")
+    parser.add_argument("--json", metavar="PATH", help="also save the raw numbers as JSON")
+    parser.add_argument("--png", metavar="PATH", help="also save a bar chart of the ratios (needs matplotlib)")
+    args = parser.parse_args(argv)
+    args.repeat = args.repeat or (2 if args.quick else 5)
+    args.startup_repeat = 2 if args.quick else 3
+    args.tasks = 2_000 if args.quick else 10_000
+    args.calls = 50 if args.quick else 200
+
+    results, left = {}, {}
+    factories = executors()
+    # PPE first: it forks (Linux) before any dlexec thread exists in this process.
+    for name in ("ProcessPoolExecutor", "loky", "ipyparallel", "dlexec"):
+        if name not in factories:
+            continue
+        print(f"measuring {name} ...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        results[name] = {}
+        try:
+            measure(factories[name], args, results[name])
+        except Exception as exc:  # noqa: BLE001 - report it, keep the figures measured so far
+            print(f"  {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        left[name] = leftovers()
+        print(f"  {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    results = {name: results[name] for name in ("dlexec", "ProcessPoolExecutor", "loky", "ipyparallel")
+               if name in results}
+
+    print(header(args))
+    print()
+    print(table(results, args))
+    for name, pids in left.items():
+        if pids:
+            print(f"\nWARNING: {name}: worker processes still alive after shutdown: {pids}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "platform": platform.platform(), "cpus": os.cpu_count(),
+                       "python": platform.python_version(), "results": results, "leftover_pids": left,
+                       "note": "medians in seconds, except roundtrip in milliseconds"}, f, indent=2)
+        print(f"\nraw numbers written to {args.json}")
+    if args.png:
+        save_png(results, args, args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
