@@ -1,0 +1,161 @@
+"""No kernel outlives the program that started it, however that program ends.
+
+Each test runs a script in a fresh interpreter that prints its kernels' pids, ends it
+one way or another, and checks that every one of those kernels is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from .conftest import ROOT, kernel_pids, run_script, wait_gone
+
+pytestmark = pytest.mark.timeout(120)
+
+PRELUDE = """
+import os, sys, time
+from dlexec import DatalayerExecutor
+
+def pid():
+    time.sleep(0.3)
+    return os.getpid()
+
+def show(ex):
+    pids = set()
+    deadline = time.monotonic() + 60
+    while len(pids) < ex.max_workers and time.monotonic() < deadline:  # until every kernel is up
+        pids |= {f.result() for f in [ex.submit(pid) for _ in range(2 * ex.max_workers)]}
+    for p in sorted(pids):
+        print("PID", p, flush=True)
+"""
+
+
+def test_exit_without_shutdown_finishes_pending_work_then_stops_kernels(tmp_path):
+    result = run_script(
+        PRELUDE
+        + """
+def mark(path, i):
+    time.sleep(0.3)
+    open(os.path.join(path, f"done-{i}"), "w").close()
+
+ex = DatalayerExecutor(2)
+show(ex)
+futures = [ex.submit(mark, os.getcwd(), i) for i in range(6)]
+print("EXITING", flush=True)
+""",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    pids = kernel_pids(result.stdout)
+    assert len(pids) == 2
+    assert sorted(p.name for p in tmp_path.glob("done-*")) == [f"done-{i}" for i in range(6)]
+    assert wait_gone(pids, timeout=5) == []
+
+
+def test_uncaught_exception_in_with_block_stops_kernels(tmp_path):
+    result = run_script(
+        PRELUDE
+        + """
+with DatalayerExecutor(2) as ex:
+    show(ex)
+    raise RuntimeError("the user's bug")
+""",
+        tmp_path,
+    )
+    assert result.returncode == 1 and "the user's bug" in result.stderr
+    pids = kernel_pids(result.stdout)
+    assert pids and wait_gone(pids, timeout=5) == []
+
+
+def test_garbage_collected_executor_stops_kernels(tmp_path):
+    # The script keeps running afterwards: the kernels must go with the executor, not with it.
+    process = _start(PRELUDE + """
+import gc
+from tests.conftest import wait_gone
+ex = DatalayerExecutor(2)
+show(ex)
+pids = [w.service.channel.runtime.pid for w in ex._pool.workers]
+del ex
+gc.collect()
+print("GONE" if wait_gone(pids, timeout=10) == [] else "ALIVE", flush=True)
+time.sleep(60)
+""", tmp_path)
+    try:
+        assert _read_until(process, ("GONE", "ALIVE"))[-1] == "GONE"
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_kernels_go_away_when_the_client_is_killed(tmp_path, signum):
+    process = _start(PRELUDE + """
+ex = DatalayerExecutor(2)
+show(ex)
+print("READY", flush=True)
+time.sleep(120)
+""", tmp_path)
+    try:
+        lines = _read_until(process, ("READY",))
+        pids = kernel_pids("\n".join(lines))
+        assert len(pids) == 2
+        process.send_signal(signum)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    # the kernels notice that their parent is gone (jupyter-client's JPY_PARENT_PID)
+    assert wait_gone(pids, timeout=15) == []
+
+
+def test_ctrl_c_while_waiting_stops_remote_work_and_kernels(tmp_path):
+    process = _start(PRELUDE + """
+with DatalayerExecutor(2) as ex:
+    show(ex)
+    futures = [ex.submit(time.sleep, 60) for _ in range(4)]
+    print("WAITING", flush=True)
+    futures[0].result()
+""", tmp_path)
+    try:
+        lines = _read_until(process, ("WAITING",))
+        pids = kernel_pids("\n".join(lines))
+        assert len(pids) == 2
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert "KeyboardInterrupt" in err
+    assert wait_gone(pids, timeout=5) == []
+
+
+def _start(code: str, tmp_path) -> subprocess.Popen:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(code))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=tmp_path)
+
+
+def _read_until(process: subprocess.Popen, markers: tuple[str, ...], timeout: float = 60) -> list[str]:
+    import threading
+
+    lines: list[str] = []
+    done = threading.Event()
+
+    def read():
+        for line in process.stdout:
+            lines.append(line.strip())
+            if line.strip() in markers:
+                break
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not done.wait(timeout) or not lines or lines[-1] not in markers:
+        process.kill()
+        raise AssertionError(f"the script did not get to {markers}: {lines}\n{process.stderr.read()}")
+    return lines
