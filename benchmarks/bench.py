@@ -84,7 +84,7 @@ def loky_factory(n):
 def ipyparallel_factory(n):
     import ipyparallel
 
-    with ipyparallel.Cluster(n=n, log_level=40) as client:
+    with ipyparallel.Cluster(n=n) as client:
         client[:].use_dill()  # the tasks live in __main__
         executor = client.executor()
         try:
@@ -107,7 +107,7 @@ def executors() -> dict:
 
 # -- measuring ----------------------------------------------------------------------------------
 
-seen_pids: set[int] = set()  # every worker process used, checked at the end
+seen_pids: set[int] = set()  # worker processes seen, checked after each executor
 
 
 def median_time(fn, repeat: int) -> float:
@@ -131,7 +131,7 @@ def warm_up(ex, workers: int) -> None:
 
 
 def measure(factory, args, results: dict) -> None:
-    """All measurements for one executor, into ``results`` (seconds, by measurement key)."""
+    """All measurements for one executor, into ``results`` (seconds; round trip in ms)."""
 
     # Time from construction: for ipyparallel, entering the context starts its cluster.
     def start_up():
@@ -321,4 +321,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the executors' with blocks have shut them down
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)

@@ -18,9 +18,10 @@ Data flow::
   latency, little committed work), up to ``MAX_BATCH`` tiny ones (throughput). When every
   worker is busy and fewer than ``max_workers`` exist, it starts one more; kernels start
   lazily and in parallel, each in its own thread.
-* An item sent to a kernel is RUNNING and can no longer be cancelled; at most
-  ``PIPELINE_DEPTH`` batches per worker are in flight (ProcessPoolExecutor's call queue
-  plays the same role).
+* An item sent to a kernel is RUNNING and can no longer be cancelled. A kernel has one
+  batch in flight, or ``PIPELINE_DEPTH`` when tasks are short (the second hides the message
+  latency); longer tasks wait in ``pending`` for a free kernel, so they run in parallel and
+  stay cancellable (ProcessPoolExecutor's call queue plays the same role).
 * A kernel that dies breaks the pool, as a dead process breaks a ProcessPoolExecutor:
   every pending future fails with :class:`~dlexec.errors.WorkerLostError` (a
   ``BrokenProcessPool``) saying which runtime died and how; the other kernels are stopped.
@@ -49,7 +50,7 @@ from .service import RuntimeService
 from .tracebacks import rebuild_exception
 from .worker import REQUEST
 
-#: Batches in flight per kernel: one running, one queued behind it.
+#: Batches in flight per kernel for short tasks: one running, one queued behind it.
 PIPELINE_DEPTH = 2
 #: Most tasks in one message.
 MAX_BATCH = 256
@@ -158,12 +159,13 @@ class _Pool:
     def _dispatch(self) -> None:
         if self.broken:
             return
+        depth = self._pipeline_depth()
         while self.pending:
-            free = [w for w in self.workers if w.state == "ready" and len(w.inflight) < PIPELINE_DEPTH]
+            free = [w for w in self.workers if w.state == "ready" and len(w.inflight) < depth]
             if not free:
                 break
-            slots = sum(PIPELINE_DEPTH - len(w.inflight) for w in free)
-            worker = min(free, key=lambda w: len(w.inflight))
+            slots = sum(depth - len(w.inflight) for w in free)
+            worker = min(free, key=lambda w: len(w.inflight))  # an idle kernel first
             size = min(self._batch_limit(), math.ceil(len(self.pending) / slots))
             if self.max_tasks_per_child:
                 size = min(size, self.max_tasks_per_child - worker.sent)
@@ -178,6 +180,14 @@ class _Pool:
         active = sum(1 for w in self.workers if w.state != "stopped")
         if self.pending and starting < len(self.pending) and active < self.max_workers:
             self._start_worker()
+
+    def _pipeline_depth(self) -> int:
+        """Queue work behind a busy kernel only for short tasks, where hiding the message
+        latency pays; longer (or not yet measured) tasks wait here for a free kernel, as in
+        ProcessPoolExecutor: they run in parallel and stay cancellable."""
+        if self.task_seconds is not None and self.task_seconds < BATCH_SECONDS:
+            return PIPELINE_DEPTH
+        return 1
 
     def _batch_limit(self) -> int:
         if self.task_seconds is None:

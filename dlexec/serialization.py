@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 import traceback
 import types
 
@@ -47,8 +48,48 @@ class _ExceptionPickler(Pickler):
         if isinstance(obj, types.TracebackType):
             return pickling_support.pickle_traceback(obj)
         if isinstance(obj, BaseException):
-            return pickling_support.pickle_exception(obj)
+            return _reduce_exception(obj)
         return super().reducer_override(obj)
+
+
+def _reduce_exception(exc: BaseException):
+    """The exception's own reduction (keeps ``SystemExit.code``, ``SyntaxError.lineno``...)
+    plus its chain and traceback; tblib's when the own one cannot rebuild it."""
+    try:
+        reduced = exc.__reduce_ex__(PROTOCOL)
+        cls, args, *rest = reduced
+        state = rest[0] if rest else None
+        if len(rest) > 1 or not callable(cls) or not isinstance(args, tuple):
+            raise TypeError("an unusual reduction")
+        cls(*args)  # would it rebuild? (custom __init__ signatures often do not)
+    except Exception:  # noqa: BLE001 - tblib handles the awkward ones
+        return pickling_support.pickle_exception(exc)
+    return _restore_exception, (
+        cls,
+        args,
+        state,
+        exc.__cause__,
+        exc.__traceback__,
+        exc.__context__,
+        exc.__suppress_context__,
+        getattr(exc, "__notes__", None),
+    )
+
+
+def _restore_exception(cls, args, state, cause, tb, context, suppress_context, notes):
+    exc = cls(*args)
+    if state:
+        exc.__setstate__(state)
+    exc.__cause__, exc.__context__, exc.__suppress_context__ = cause, context, suppress_context
+    exc.__traceback__ = tb
+    if notes is not None:
+        exc.__notes__ = notes
+    return exc
+
+
+# The kernels load this module's source as "_dlexec_serialization"; functions they pickle by
+# reference (``_restore_exception``) must resolve under that name here too.
+sys.modules.setdefault("_dlexec_serialization", sys.modules[__name__])
 
 
 def dumps(obj, pickler: type[Pickler] = Pickler) -> Frames:

@@ -36,6 +36,11 @@ def count_inside(seed, samples):
     return inside
 
 
+def kernel_pid(_):
+    time.sleep(0.2)  # long enough for an idle kernel to take the next one
+    return os.getpid()
+
+
 def report(label, inside, samples, seconds):
     estimate = 4 * inside / samples
     print(f"{label:<9} pi ~ {estimate:.6f}   error {estimate - math.pi:+.6f}   {seconds:6.2f} s")
@@ -55,8 +60,11 @@ if __name__ == "__main__":
 
     with DatalayerExecutor(max_workers=args.workers) as ex:
         start = time.perf_counter()
-        list(ex.map(abs, range(args.workers)))  # start the kernels before timing the work
-        print(f"kernels started in {time.perf_counter() - start:.2f} s")
+        # Kernels start lazily, on the first tasks: start them all before timing the work.
+        pids = set()
+        while len(pids) < args.workers and time.perf_counter() - start < 30:
+            pids.update(ex.map(kernel_pid, range(args.workers)))
+        print(f"{len(pids)} kernels started in {time.perf_counter() - start:.2f} s")
 
         start = time.perf_counter()
         inside = sum(ex.map(count_inside, seeds, [chunk] * args.chunks))
