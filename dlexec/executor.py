@@ -270,6 +270,21 @@ class _Pool:
 
     def _on_reply(self, worker: _Worker, batch: _Batch, msg: dict) -> bool:
         """A ``run`` reply (I/O thread): set the futures it reports. True when it is the last."""
+        try:
+            return self._handle_reply(worker, batch, msg)
+        except Exception as exc:  # noqa: BLE001 - never leave the batch's futures waiting
+            error = RuntimeError(f"dlexec could not handle the reply of runtime {worker.runtime_id}: {exc!r}")
+            error.__cause__ = exc
+            for item in list(batch.items.values()):
+                try:
+                    item.future.set_exception(error)
+                except InvalidStateError:
+                    pass
+            batch.items.clear()
+            self._batch_done(worker, batch)
+            return True
+
+    def _handle_reply(self, worker: _Worker, batch: _Batch, msg: dict) -> bool:
         content = msg["content"]
         frames = msg.get("buffers") or []
         done = []
@@ -280,7 +295,7 @@ class _Pool:
         else:
             offset, seconds = 0, 0.0
             for task_id, status, count, info, elapsed in content["results"]:
-                item = batch.items.pop(task_id)
+                item = batch.items[task_id]  # removed once its future is set
                 done.append((item, *_outcome(status, info, frames[offset: offset + count])))
                 offset += count
                 seconds += elapsed
@@ -289,9 +304,10 @@ class _Pool:
                 average = self.task_seconds
                 self.task_seconds = sample if average is None else 0.7 * average + 0.3 * sample
         final = content.get("final", True)
-        if final and batch.items:  # cannot happen with a well-behaved worker
+        if final:  # anything not reported by now never will be (not with a well-behaved worker)
+            reported = {item.id for item, _, _ in done}
             lost = RuntimeError("the runtime did not report the result of this task")
-            done.extend((item, False, lost) for item in batch.items.values())
+            done.extend((item, False, lost) for item in batch.items.values() if item.id not in reported)
         now = time.time()
         for item, ok, value in done:
             item.future.finished_at = now
@@ -299,18 +315,22 @@ class _Pool:
                 item.future.set_result(value)
             else:
                 item.future.set_exception(value)
+            batch.items.pop(item.id, None)
         if final:
-            with self.lock:
-                worker.inflight.discard(batch)
-                retire = worker.state == "retiring" and not worker.inflight
-                if retire:
-                    worker.state = "stopped"
-                    self.workers.remove(worker)
-                self._dispatch()
-                self.changed.notify_all()
-            if retire:
-                threading.Thread(target=worker.service.terminate, daemon=True).start()
+            self._batch_done(worker, batch)
         return final
+
+    def _batch_done(self, worker: _Worker, batch: _Batch) -> None:
+        with self.lock:
+            worker.inflight.discard(batch)
+            retire = worker.state == "retiring" and not worker.inflight
+            if retire:
+                worker.state = "stopped"
+                self.workers.remove(worker)
+            self._dispatch()
+            self.changed.notify_all()
+        if retire:
+            threading.Thread(target=worker.service.terminate, daemon=True).start()
 
     def _on_lost(self, worker: _Worker, reason: str) -> None:
         """A kernel died (I/O thread): the pool is broken, as ProcessPoolExecutor's would be."""

@@ -73,7 +73,7 @@ def pickle_check(obj):
 
 if __name__ == "__main__":
     to_feet = make_scaler(3.28084)
-    height = lambda p: p.vy**2 / (2 * G)  # noqa: E731 - a lambda, on purpose
+    height = lambda p: p.vy**2 / (2 * G)  # a lambda, on purpose
 
     print("What the standard library's pickle (ProcessPoolExecutor) does with them:")
     for label, obj in [("launch", launch), ("Projectile", Projectile), ("lambda", height), ("closure", to_feet)]:

@@ -57,5 +57,5 @@ if __name__ == "__main__":
                 f.write("import os\nkernel_pid = os.getpid()\nprint('hello from', __name__)\n")
             resp = rt.execute_file(path)
             print("   stdout:", repr(resp.stdout))
-            print("   kernel_pid =", rt.get_variable("kernel_pid"), "(this process:", os.getpid(), ")")
+            print(f"   kernel_pid = {rt.get_variable('kernel_pid')} (this process: {os.getpid()})")
     print("\nafter the with block:", rt)

@@ -374,3 +374,15 @@ def test_repr_says_what_the_pool_does(executor):
 def test_package_exports():
     assert issubclass(WorkerLostError, dlexec.BrokenProcessPool)
     assert issubclass(dlexec.DatalayerExecutor, __import__("concurrent.futures").futures.Executor)
+
+
+def test_a_reply_that_cannot_be_handled_fails_its_futures_instead_of_hanging(executor, monkeypatch):
+    def broken_outcome(status, info, frames):
+        raise ValueError("simulated client bug")
+
+    monkeypatch.setattr(dlexec.executor, "_outcome", broken_outcome)
+    with pytest.raises(RuntimeError, match="could not handle the reply") as info:
+        executor.submit(square, 2).result(timeout=30)
+    assert isinstance(info.value.__cause__, ValueError)
+    monkeypatch.undo()
+    assert executor.submit(square, 3).result(timeout=30) == 9

@@ -187,7 +187,8 @@ class LocalRuntime(Runtime):
         return {"sys_path": list(sys.path), "cwd": os.getcwd(), "crash_log": self._log_path}
 
     def describe(self) -> dict:
-        return {**super().describe(), "pid": self.pid, "directory": self._dir}
+        kernel_id = self._km.kernel_id if self._km is not None else None
+        return {**super().describe(), "pid": self.pid, "kernel_id": kernel_id, "directory": self._dir}
 
     # -- the I/O thread -----------------------------------------------------------------------
 
