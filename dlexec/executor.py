@@ -46,6 +46,7 @@ from typing import Any, Callable
 from . import serialization
 from .errors import InitializerFailed, WorkerLostError
 from .futures import TaskFuture
+from .modules import user_modules
 from .service import RuntimeService
 from .tracebacks import rebuild_exception
 from .worker import REQUEST
@@ -74,10 +75,11 @@ threading._register_atexit(_python_exit)
 
 
 class _WorkItem:
-    __slots__ = ("id", "future", "frames")
+    __slots__ = ("id", "future", "frames", "uses_user_modules")
 
-    def __init__(self, id: int, future: TaskFuture, frames: list):
+    def __init__(self, id: int, future: TaskFuture, frames: list, uses_user_modules: bool):
         self.id, self.future, self.frames = id, future, frames
+        self.uses_user_modules = uses_user_modules
 
 
 class _Batch:
@@ -110,10 +112,17 @@ class _Worker:
 class _Pool:
     """The executor's state and scheduling; everything mutable is guarded by ``lock``."""
 
-    def __init__(self, max_workers: int, initializer_frames: list | None, max_tasks_per_child: int | None,
+    def __init__(self, max_workers: int, initializer: tuple | None, max_tasks_per_child: int | None,
                  backend: str | None, start_timeout: float, runtime_options: dict):
         self.max_workers = max_workers
-        self.initializer_frames = initializer_frames
+        self.initializer_frames, self.initializer_uses_user_modules = None, False
+        if initializer is not None:
+            modules: set = set()
+            try:
+                self.initializer_frames = serialization.dumps(initializer, modules=modules)
+            except Exception as exc:
+                raise TypeError(f"the initializer and its arguments cannot be serialized with dill: {exc}") from exc
+            self.initializer_uses_user_modules = bool(user_modules(modules))
         self.max_tasks_per_child = max_tasks_per_child
         self.backend = backend
         self.start_timeout = start_timeout
@@ -143,14 +152,16 @@ class _Pool:
     def submit(self, fn: Callable, args: tuple, kwargs: dict) -> TaskFuture:
         self.check_open()
         future = TaskFuture()
+        modules: set = set()
         try:
-            frames = serialization.dumps((fn, args, kwargs))
+            frames = serialization.dumps((fn, args, kwargs), modules=modules)
         except Exception as exc:  # noqa: BLE001 - as ProcessPoolExecutor: the future carries it
             future.set_exception(exc)
             return future
+        item = _WorkItem(next(self._ids), future, frames, bool(user_modules(modules)))
         with self.lock:
             self.check_open()
-            self.pending.append(_WorkItem(next(self._ids), future, frames))
+            self.pending.append(item)
             self._dispatch()
         return future
 
@@ -204,13 +215,16 @@ class _Pool:
             item.future.runtime_id = worker.runtime_id
             item.future.started_at = now
             item.frames = None  # sent: free the payload
+        content = {"op": "run", "tasks": tasks}
+        if any(item.uses_user_modules for item in items):
+            content["modules"] = worker.service.modules_to_ship()
         worker.inflight.add(batch)
         worker.sent += len(items)
         if self.max_tasks_per_child and worker.sent >= self.max_tasks_per_child:
             worker.state = "retiring"
         try:
             worker.service.channel.request(
-                "shell", REQUEST, {"op": "run", "tasks": tasks}, frames,
+                "shell", REQUEST, content, frames,
                 on_reply=partial(self._on_reply, worker, batch),
                 on_lost=partial(self._on_lost, worker),
             )
@@ -234,7 +248,8 @@ class _Pool:
             service.start()
             service.channel.add_exit_callback(partial(self._on_lost, worker))
             if self.initializer_frames is not None:
-                content, frames = service.channel.call("init", frames=self.initializer_frames)
+                modules = service.modules_to_ship() if self.initializer_uses_user_modules else []
+                content, frames = service.channel.call("init", {"modules": modules}, self.initializer_frames)
                 if content.get("status") != "ok":
                     cause = rebuild_exception(content.get("info") or {}, frames)
                     error = InitializerFailed(
@@ -474,16 +489,10 @@ class DatalayerExecutor(Executor):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
-        initializer_frames = None
-        if initializer is not None:
-            try:
-                initializer_frames = serialization.dumps((initializer, tuple(initargs)))
-            except Exception as exc:
-                raise TypeError(f"the initializer and its arguments cannot be serialized with dill: {exc}") from exc
         self._max_workers = max_workers
         self._mp_context = mp_context
-        self._pool = _Pool(max_workers, initializer_frames, max_tasks_per_child, backend, start_timeout,
-                           runtime_options)
+        self._pool = _Pool(max_workers, None if initializer is None else (initializer, tuple(initargs)),
+                           max_tasks_per_child, backend, start_timeout, runtime_options)
         # Garbage collection lets the pending work finish, then stops the kernels.
         self._finalizer = weakref.finalize(self, self._pool.shutdown, False)
 

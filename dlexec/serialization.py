@@ -31,13 +31,19 @@ class Pickler(dill.Pickler):
     """dill, except that NumPy arrays use their own zero-copy protocol-5 reduction.
 
     dill registers an ndarray reducer that copies the data in-band; ``__reduce_ex__(5)``
-    hands the array's memory to ``buffer_callback`` instead.
+    hands the array's memory to ``buffer_callback`` instead. If ``modules`` is a set, the
+    modules of the functions and classes met are added to it (the client uses that to
+    ship the user's own modules to runtimes that do not have them).
     """
+
+    modules: set | None = None
 
     def reducer_override(self, obj):
         cls = type(obj)
         if cls.__name__ == "ndarray" and cls.__module__ == "numpy":
             return obj.__reduce_ex__(PROTOCOL)
+        if self.modules is not None and (cls is types.FunctionType or isinstance(obj, type)):
+            self.modules.add(getattr(obj, "__module__", None))
         return NotImplemented
 
 
@@ -92,11 +98,17 @@ def _restore_exception(cls, args, state, cause, tb, context, suppress_context, n
 sys.modules.setdefault("_dlexec_serialization", sys.modules[__name__])
 
 
-def dumps(obj, pickler: type[Pickler] = Pickler) -> Frames:
-    """Serialize ``obj`` to frames: the pickle stream, then its out-of-band buffers."""
+def dumps(obj, pickler: type[Pickler] = Pickler, modules: set | None = None) -> Frames:
+    """Serialize ``obj`` to frames: the pickle stream, then its out-of-band buffers.
+
+    If ``modules`` is given, the names of the modules that functions and classes in
+    ``obj`` come from are added to it.
+    """
     buffers: list[pickle.PickleBuffer] = []
     stream = io.BytesIO()
-    pickler(stream, protocol=PROTOCOL, buffer_callback=buffers.append, recurse=True).dump(obj)
+    instance = pickler(stream, protocol=PROTOCOL, buffer_callback=buffers.append, recurse=True)
+    instance.modules = modules
+    instance.dump(obj)
     return [stream.getbuffer(), *(_raw(b) for b in buffers)]
 
 

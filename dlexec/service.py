@@ -15,6 +15,7 @@ import dataclasses
 import os
 import re
 import sys
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 from . import serialization, snapshots
 from .channel import KernelChannel
 from .errors import ExecutionError
+from .modules import sources_to_ship, user_modules
 from .runtimes import create_runtime, resolve_backend
 from .snapshots import RuntimeSnapshotModel
 
@@ -156,6 +158,8 @@ class RuntimeService:
         self._runtime_options = runtime_options
         self._channel: KernelChannel | None = None
         self._finalizer: weakref.finalize | None = None
+        self._shipped_modules: dict[str, str] = {}  # user modules sent to the runtime: name -> digest
+        self._modules_lock = threading.Lock()
 
     # -- properties (the seed's) ------------------------------------------------------------
 
@@ -199,7 +203,7 @@ class RuntimeService:
         """Start the runtime and prepare it for dlexec; raises :class:`RuntimeStartError`."""
         if self._channel is not None:
             return self
-        runtime = create_runtime(self._backend, self._model.name, **self._runtime_options)
+        runtime = create_runtime(self._backend, self._model.name, **self._backend_options())
         channel = KernelChannel(runtime)
         # Registered before starting, so that a kernel is never left behind by a failed start.
         self._finalizer = weakref.finalize(self, runtime.terminate)
@@ -211,6 +215,16 @@ class RuntimeService:
         if self._snapshot:
             self._restore(snapshots.get(self._snapshot))
         return self
+
+    def _backend_options(self) -> dict:
+        """The backend's settings: the extra options, plus what the seed's arguments mean there."""
+        options = dict(self._runtime_options)
+        if self._backend == "jupyter":  # an existing Jupyter Server: ingress + its token
+            if options.get("url") is None and self._model.ingress:
+                options["url"] = self._model.ingress
+            if options.get("token") is None and (self._model.jupyter_token or self._token):
+                options["token"] = self._model.jupyter_token or self._token
+        return options
 
     def _ensure_started(self) -> None:
         if self._channel is None:
@@ -311,15 +325,28 @@ class RuntimeService:
 
     def set_variables(self, variables: dict[str, Any]) -> None:
         """Set variables in the runtime's namespace: one message, values as dill buffers."""
-        self._send_variables({name: serialization.dumps(value) for name, value in _checked(variables)})
+        modules: set = set()
+        frames_by_name = {name: serialization.dumps(value, modules=modules) for name, value in _checked(variables)}
+        self._send_variables(frames_by_name, with_modules=bool(user_modules(modules)))
 
-    def _send_variables(self, frames_by_name: dict[str, list]) -> None:
+    def _send_variables(self, frames_by_name: dict[str, list], with_modules: bool = False) -> None:
         names, frames = [], []
         for name, value_frames in frames_by_name.items():
             names.append([name, len(value_frames)])
             frames.extend(value_frames)
-        content, _ = self.channel.call("set", {"names": names}, frames)
-        _raise_for(content)
+        content = {"names": names}
+        if with_modules:
+            content["modules"] = self.modules_to_ship()
+        reply, _ = self.channel.call("set", content, frames)
+        _raise_for(reply)
+
+    def modules_to_ship(self) -> list:
+        """Sources of the user's modules this runtime lacks (none for a local kernel)."""
+        runtime = self.channel.runtime
+        if runtime.shares_files:
+            return []
+        with self._modules_lock:
+            return sources_to_ship(self._shipped_modules)
 
     def get_variable(self, name: str) -> Any:
         """A variable's value from the runtime, or None if it is not defined."""

@@ -17,6 +17,8 @@ Requests (``content["op"]``):
 ``get``       read one variable from the user namespace.
 ``snapshot``  every picklable user variable, for a snapshot.
 ``info``      Python, dill and tblib versions and the kernel's pid.
+``modules``   the source of the user's own modules, imported from it on demand
+              (``run`` and ``set`` may carry the same list); see :mod:`dlexec.modules`.
 
 Only the standard library, dill and tblib may be imported here.
 """
@@ -40,6 +42,36 @@ _crash_log = None
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
 
+class SourceFinder:
+    """Imports the user's modules that the client shipped, from their source."""
+
+    def __init__(self):
+        self.sources: dict[str, tuple] = {}  # name -> (filename, source, is_package, digest)
+
+    def update(self, entries) -> None:
+        for name, filename, source, is_package, digest in entries:
+            old = self.sources.get(name)
+            self.sources[name] = (filename, source, is_package, digest)
+            if old is not None and old[3] != digest:
+                sys.modules.pop(name, None)  # a new version: import it afresh next time
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in self.sources:
+            return None
+        import importlib.util
+
+        filename, _, is_package, _ = self.sources[fullname]
+        return importlib.util.spec_from_loader(fullname, self, origin=filename, is_package=is_package)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        filename, source, _, _ = self.sources[module.__name__]
+        module.__file__ = filename
+        exec(compile(source, filename, "exec"), module.__dict__)
+
+
 class Worker:
     """Answers dlexec requests inside one kernel."""
 
@@ -47,6 +79,8 @@ class Worker:
         self.kernel = kernel
         self.user_ns = user_ns
         self.initialized = False
+        self.finder = SourceFinder()
+        sys.meta_path.insert(0, self.finder)  # the user's current code wins over any installed copy
 
     # -- dispatch ---------------------------------------------------------------------
 
@@ -57,6 +91,8 @@ class Worker:
         frames = [memoryview(b) for b in msg.get("buffers") or ()]
         reply = _Reply(self.kernel.session, stream, idents, msg)
         try:
+            if content.get("modules"):
+                self.finder.update(content["modules"])
             handler = getattr(self, f"op_{op}", None)
             if handler is None:
                 reply.send({"status": "error", "error": f"unknown dlexec op {op!r}"})
@@ -152,6 +188,9 @@ class Worker:
             names.append([name, len(out)])
             buffers.extend(out)
         reply.send({"status": "ok", "names": names, "skipped": skipped, "final": True}, buffers)
+
+    def op_modules(self, content, frames, reply):
+        reply.send({"status": "ok", "final": True})  # installed by handle()
 
     def op_info(self, content, frames, reply):
         import dill

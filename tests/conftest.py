@@ -18,7 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def executor():
-    """One two-kernel executor shared by a test module (kernels are costly to start)."""
+    """One two-kernel executor shared by a test module (kernels are costly to start).
+
+    It uses the backend that ``$DLEXEC_BACKEND`` selects (see ``backend`` in test modules
+    that run on several).
+    """
     with dlexec.DatalayerExecutor(max_workers=2) as ex:
         yield ex
 
@@ -67,3 +71,92 @@ def run_script(code: str, tmp_path: Path, timeout: float = 60, **kwargs) -> subp
 def kernel_pids(text: str) -> list[int]:
     """Pids printed by a script as lines ``PID <n>``."""
     return [int(line.split()[1]) for line in text.splitlines() if line.startswith("PID ")]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class JupyterServer:
+    """A real ``jupyter server`` on 127.0.0.1 with a token, in its own process group."""
+
+    def __init__(self, root: Path, token: str = "dlexec-test-token"):
+        self.token = token
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.root = root
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> JupyterServer:
+        import requests
+
+        command = [
+            sys.executable, "-m", "jupyter_server",
+            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
+            "--ServerApp.allow_root=True",
+            f"--IdentityProvider.token={self.token}", "--ServerApp.open_browser=False",
+            f"--ServerApp.root_dir={self.root}",
+            "--ServerApp.tornado_settings={'websocket_max_message_size': 1073741824}",
+        ]
+        self.log = open(self.root / "jupyter-server.log", "wb")  # noqa: SIM115
+        # The server's kernels do not get this checkout on their path: the user's modules
+        # (the tests) must reach them the way they reach a remote runtime.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DLEXEC_", "PYTHONPATH"))}
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        env=env, cwd=self.root)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"jupyter server exited: {(self.root / 'jupyter-server.log').read_text()[-2000:]}")
+            try:
+                if requests.get(f"{self.url}/api/status", headers=self.headers, timeout=2).ok:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("jupyter server did not start")
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"token {self.token}"}
+
+    def kernels(self) -> list[dict]:
+        import requests
+
+        return requests.get(f"{self.url}/api/kernels", headers=self.headers, timeout=10).json()
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)  # the server and its kernels
+            self.process.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def jupyter_server(tmp_path_factory):
+    """One Jupyter Server for the whole session (kernels are started and deleted per test)."""
+    server = JupyterServer(tmp_path_factory.mktemp("jupyter-server")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module", params=["local", "jupyter"])
+def backend(request, tmp_path_factory):
+    """Run a test module once per backend, selected the way users do: environment variables."""
+    patch = pytest.MonkeyPatch()
+    if request.param == "jupyter":
+        server = request.getfixturevalue("jupyter_server")
+        patch.setenv("DLEXEC_BACKEND", "jupyter")
+        patch.setenv("DLEXEC_JUPYTER_URL", server.url)
+        patch.setenv("DLEXEC_JUPYTER_TOKEN", server.token)
+    else:
+        patch.delenv("DLEXEC_BACKEND", raising=False)
+    yield request.param
+    patch.undo()

@@ -10,7 +10,7 @@ import os
 
 from .base import Runtime
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "jupyter")
 DEFAULT_BACKEND = "local"
 
 
@@ -24,12 +24,22 @@ def resolve_backend(backend: str | None) -> str:
 
 
 def create_runtime(backend: str | None, name: str, **options) -> Runtime:
-    """A new, not yet started runtime of the given backend."""
+    """A new, not yet started runtime of the given backend.
+
+    Settings not given as options come from the environment: ``$DLEXEC_JUPYTER_URL`` and
+    ``$DLEXEC_JUPYTER_TOKEN`` for ``jupyter``.
+    """
     backend = resolve_backend(backend)
     if backend == "local":
         from .local import LocalRuntime
 
         return LocalRuntime(name, **options)
+    if backend == "jupyter":
+        from .jupyter import JupyterServerRuntime
+
+        options.setdefault("url", os.environ.get("DLEXEC_JUPYTER_URL"))
+        options.setdefault("token", os.environ.get("DLEXEC_JUPYTER_TOKEN"))
+        return JupyterServerRuntime(name, **options)
     raise AssertionError(backend)  # pragma: no cover - resolve_backend checked it
 
 

@@ -25,6 +25,8 @@ class Runtime(abc.ABC):
 
     #: Backend name: "local", "jupyter" or "datalayer".
     kind: str = ""
+    #: Whether the kernel sees this process's files and modules (then none are shipped).
+    shares_files: bool = False
 
     def __init__(self, name: str):
         self.name = name

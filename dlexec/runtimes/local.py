@@ -40,6 +40,7 @@ class LocalRuntime(Runtime):
     """An ipykernel child process of this Python process."""
 
     kind = "local"
+    shares_files = True
 
     def __init__(
         self,

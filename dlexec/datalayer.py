@@ -1,0 +1,457 @@
+"""A small client of the Datalayer REST API: account, environments, runtimes, snapshots.
+
+Unlike the reference SDK, every failure raises a :class:`DatalayerError` that says which
+request failed, with which status and what the server answered; the URLs honour
+``$DATALAYER_RUN_URL`` / ``$DATALAYER_IAM_URL``; reads and runtime creation are retried on
+transient failures (connection errors, 502/503/504) with exponential back-off, up to a
+deadline; a snapshot is looked up by what was created, never "the last one listed".
+
+The token is the ``token`` argument, else ``$DATALAYER_API_KEY``, else
+``$DATALAYER_EXTERNAL_TOKEN`` (also sent as ``X-External-Token``). A missing token is
+reported by the first request that needs one (:class:`AuthenticationError`), so a client
+can be built, and its URLs inspected, without one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shlex
+import time
+import uuid
+from typing import Any
+
+import requests
+
+DEFAULT_URL = "https://prod1.datalayer.run"
+RUNTIMES_API = "/api/runtimes/v1"
+IAM_API = "/api/iam/v1"
+TOKEN_ENV_VARS = ("DATALAYER_API_KEY", "DATALAYER_EXTERNAL_TOKEN")
+_TOKEN_HINT = "set a valid API key in DATALAYER_API_KEY, or pass token= / --token"
+
+
+class DatalayerError(RuntimeError):
+    """A Datalayer API request failed.
+
+    ``status`` is the HTTP status (None when no answer came), ``message`` what the server
+    said (its ``message``, ``errors`` and ``exception`` fields), ``url`` and ``method`` the
+    request.
+    """
+
+    hint = ""
+
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None,
+                 method: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.url = url
+        self.method = method
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        if self.method and self.url:
+            status = f" with {self.status}" if self.status is not None else ""
+            text = f"Datalayer API: {self.method} {self.url} failed{status}: {self.message}"
+        else:
+            text = f"Datalayer API: {self.message}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+    def __reduce__(self):
+        return self.__class__, (self.message,), self.__dict__
+
+
+class AuthenticationError(DatalayerError):
+    """No token, or the token was refused (401/403)."""
+
+    hint = "the token was refused; " + _TOKEN_HINT
+
+
+class NotFoundError(DatalayerError):
+    """The resource does not exist (404)."""
+
+
+class UnknownNameError(NotFoundError, ValueError):
+    """An environment or snapshot name this account does not have; the message lists the valid ones."""
+
+
+class CapacityError(DatalayerError):
+    """No runtime available: runtime creation kept answering 503."""
+
+
+@dataclasses.dataclass
+class Environment:
+    """An environment runtimes are created from; ``burning_rate`` is in credits per second."""
+
+    name: str
+    title: str = ""
+    description: str = ""
+    language: str = ""
+    burning_rate: float = 0.0
+    owner: str = ""
+    visibility: str = ""
+    resources: Any = None
+    raw: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Environment:
+        return cls(name=data.get("name", ""), title=data.get("title") or "", description=data.get("description") or "",
+                   language=data.get("language") or "", burning_rate=_float(data.get("burning_rate")) or 0.0,
+                   owner=data.get("owner") or "", visibility=data.get("visibility") or "",
+                   resources=data.get("resources"), raw=data)
+
+
+@dataclasses.dataclass
+class Runtime:
+    """A live runtime. ``ingress`` is its Jupyter Server's base URL and ``token`` that server's
+    token (not the Datalayer API key); ``started_at``/``expired_at`` are epoch seconds."""
+
+    pod_name: str
+    uid: str = ""
+    given_name: str = ""
+    environment_name: str = ""
+    environment_title: str = ""
+    type: str = ""
+    burning_rate: float | None = None
+    ingress: str = ""
+    token: str = dataclasses.field(default="", repr=False)
+    reservation_id: str = ""
+    started_at: float | None = None
+    expired_at: float | None = None
+    raw: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Runtime:
+        text = {key: str(data.get(key) or "") for key in (
+            "uid", "given_name", "environment_name", "environment_title", "type", "ingress", "token",
+            "reservation_id")}
+        return cls(pod_name=data.get("pod_name", ""), burning_rate=_float(data.get("burning_rate")),
+                   started_at=_float(data.get("started_at")), expired_at=_float(data.get("expired_at")),
+                   raw=data, **text)
+
+
+@dataclasses.dataclass
+class Snapshot:
+    """A runtime snapshot stored by Datalayer."""
+
+    uid: str
+    name: str = ""
+    description: str = ""
+    environment: str = ""
+    metadata: dict = dataclasses.field(default_factory=dict)
+    status: str = ""
+    size: Any = None
+    updated_at: Any = None
+    raw: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Snapshot:
+        return cls(uid=data.get("uid", ""), name=data.get("name") or "", description=data.get("description") or "",
+                   environment=data.get("environment") or "", metadata=data.get("metadata") or {},
+                   status=data.get("status") or "", size=data.get("size"), updated_at=data.get("updated_at"),
+                   raw=data)
+
+    def to_model(self):
+        """The same snapshot as a :class:`dlexec.RuntimeSnapshotModel` (the seed API's type)."""
+        from .snapshots import RuntimeSnapshotModel
+
+        return RuntimeSnapshotModel(self.uid, self.name, self.description, self.environment, dict(self.metadata))
+
+
+def terminate_command(pod_name: str) -> str:
+    """The shell command that deletes a runtime, for messages about runtimes left running."""
+    return f"dlexec runtimes terminate {shlex.quote(pod_name)}"
+
+
+def resolve_token(token: str | None = None) -> tuple[str | None, str | None]:
+    """``(token, source)``: the argument, else ``$DATALAYER_API_KEY``, else ``$DATALAYER_EXTERNAL_TOKEN``."""
+    if token:
+        return token, "argument"
+    for name in TOKEN_ENV_VARS:
+        if os.environ.get(name):
+            return os.environ[name], name
+    return None, None
+
+
+class DatalayerClient:
+    """The Datalayer REST API, over one ``requests.Session``.
+
+    ``timeout`` bounds each request (seconds); ``retry_deadline`` bounds the retries of one
+    call (seconds, back-off 0.5, 1, 2, 4, 4... s). Use it as a context manager, or call
+    :meth:`close`.
+    """
+
+    def __init__(self, token: str | None = None, run_url: str | None = None, iam_url: str | None = None, *,
+                 timeout: float = 60.0, retry_deadline: float = 30.0):
+        self.token, self.token_source = resolve_token(token)
+        self.run_url = (run_url or os.environ.get("DATALAYER_RUN_URL") or DEFAULT_URL).rstrip("/")
+        self.iam_url = (iam_url or os.environ.get("DATALAYER_IAM_URL") or self.run_url).rstrip("/")
+        self.timeout = timeout
+        self.retry_deadline = retry_deadline
+        from . import __version__
+
+        self._session = requests.Session()
+        self._session.headers.update({
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": f"dlexec/{__version__}",
+        })
+
+    def __repr__(self) -> str:
+        return f"DatalayerClient(run_url={self.run_url!r}, iam_url={self.iam_url!r}, token from {self.token_source})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> DatalayerClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- account ---------------------------------------------------------------------------------
+
+    def whoami(self) -> dict:
+        """The caller's profile (``handle_s``, ``uid``, ``email_s``, ``first_name_t``...)."""
+        return self._get(self.iam_url + IAM_API + "/whoami").get("profile") or {}
+
+    def credits(self) -> dict:
+        """``{"credits": {"credits", "quota", "last_update"}, "reservations": [...]}``."""
+        body = self._get(self.iam_url + IAM_API + "/usage/credits")
+        return {"credits": body.get("credits") or {}, "reservations": body.get("reservations") or []}
+
+    # -- environments ----------------------------------------------------------------------------
+
+    def list_environments(self) -> list[Environment]:
+        return [Environment.from_json(e) for e in self._get(self._run("/environments")).get("environments") or []]
+
+    def get_environment(self, name: str) -> Environment:
+        """The environment called ``name``; :class:`UnknownNameError` (a ``ValueError``) lists the valid ones."""
+        environments = self.list_environments()
+        for environment in environments:
+            if environment.name == name:
+                return environment
+        valid = ", ".join(e.name for e in environments) or "none"
+        raise UnknownNameError(f"unknown environment {name!r}; available: {valid}")
+
+    # -- runtimes --------------------------------------------------------------------------------
+
+    def create_runtime(self, environment: str, time_reservation_minutes: float = 10.0, given_name: str | None = None,
+                       snapshot: str | None = None) -> Runtime:
+        """Create (and start billing) a runtime; delete it with :meth:`delete_runtime`.
+
+        The credits reserved are the environment's burning rate × 60 × ``time_reservation_minutes``.
+        ``snapshot`` (a snapshot uid or name) restores that snapshot into the new runtime.
+        Raises :class:`CapacityError` when no runtime is available after the retries.
+        """
+        env = self.get_environment(environment)
+        body: dict[str, Any] = {
+            "type": "notebook",
+            "environment_name": env.name,
+            "credits_limit": env.burning_rate * 60.0 * float(time_reservation_minutes),
+        }
+        if given_name:
+            body["given_name"] = given_name
+        if snapshot:
+            body["from"] = self._find_snapshot(snapshot).uid
+        try:
+            data = self._request("POST", self._run("/runtimes"), json=body, retry_statuses=(502, 503, 504),
+                                 retry_errors=(requests.ConnectionError,))
+        except DatalayerError as exc:
+            if exc.status in (None, 502, 504):  # the request may have gone through
+                exc.message += "; a runtime may have been created anyway: check `dlexec runtimes ls`"
+            raise
+        return self._runtime_from(data, "POST", self._run("/runtimes"))
+
+    def list_runtimes(self) -> list[Runtime]:
+        """The caller's live runtimes."""
+        return [Runtime.from_json(r) for r in self._get(self._run("/runtimes")).get("runtimes") or []]
+
+    def get_runtime(self, pod_name: str) -> Runtime:
+        """One runtime; :class:`NotFoundError` if there is none of that name."""
+        url = self._run(f"/runtimes/{pod_name}")
+        return self._runtime_from(self._get(url), "GET", url)
+
+    def delete_runtime(self, pod_name: str) -> bool:
+        """Delete a runtime: True if deleted, False if it was already gone (404)."""
+        try:
+            self._request("DELETE", self._run(f"/runtimes/{pod_name}"), retry_statuses=(502, 504),
+                          retry_errors=(requests.ConnectionError, requests.Timeout))
+        except NotFoundError:
+            return False
+        return True
+
+    # -- snapshots -------------------------------------------------------------------------------
+
+    def create_snapshot(self, pod_name: str, name: str | None = None, description: str | None = None,
+                        stop: bool = True, *, poll_attempts: int = 10, poll_interval: float = 1.0) -> Snapshot:
+        """Snapshot a runtime (``stop``: the server stops it afterwards) and return the new snapshot.
+
+        Creation may be asynchronous: the snapshot is looked up in the list (by the uid the server
+        answered, else by name) up to ``poll_attempts`` times, ``poll_interval`` seconds apart.
+        """
+        name = name or f"snapshot-{uuid.uuid4().hex[:12]}"
+        body = {"pod_name": pod_name, "name": name, "description": description or name, "stop": bool(stop)}
+        url = self._run("/runtime-snapshots")
+        created = self._request("POST", url, json=body).get("snapshot") or {}
+        uid = created.get("uid")
+        for attempt in range(max(1, poll_attempts)):
+            matches = [s for s in self.list_snapshots() if (s.uid == uid if uid else s.name == name)]
+            if matches:
+                return matches[-1]
+            if attempt + 1 < poll_attempts:
+                time.sleep(poll_interval)
+        raise DatalayerError(f"snapshot {name!r} of {pod_name} was accepted but is not listed after "
+                             f"{poll_attempts} attempts", method="POST", url=url)
+
+    def list_snapshots(self) -> list[Snapshot]:
+        return [Snapshot.from_json(s) for s in self._get(self._run("/runtime-snapshots")).get("snapshots") or []]
+
+    def get_snapshot(self, uid: str) -> Snapshot:
+        """One snapshot by uid; :class:`NotFoundError` if there is none."""
+        url = self._run(f"/runtime-snapshots/{uid}")
+        data = self._get(url).get("snapshot")
+        if not isinstance(data, dict):
+            raise DatalayerError("the answer has no 'snapshot'", status=200, method="GET", url=url)
+        return Snapshot.from_json(data)
+
+    def delete_snapshot(self, uid_or_name: str) -> bool:
+        """Delete a snapshot given its uid or name: True if deleted, False if it was already gone."""
+        uid = self._find_snapshot(uid_or_name).uid
+        try:
+            self._request("DELETE", self._run(f"/runtime-snapshots/{uid}"), retry_statuses=(502, 504),
+                          retry_errors=(requests.ConnectionError, requests.Timeout))
+        except NotFoundError:
+            return False
+        return True
+
+    def _find_snapshot(self, uid_or_name: str) -> Snapshot:
+        """A snapshot by uid, else by name (the last listed of that name)."""
+        snapshots = self.list_snapshots()
+        matches = ([s for s in snapshots if s.uid == uid_or_name]
+                   or [s for s in snapshots if s.name == uid_or_name])
+        if matches:
+            return matches[-1]
+        valid = ", ".join(f"{s.name} ({s.uid})" for s in snapshots) or "none"
+        raise UnknownNameError(f"unknown snapshot {uid_or_name!r}; available: {valid}")
+
+    # -- transport -------------------------------------------------------------------------------
+
+    def _run(self, path: str) -> str:
+        return self.run_url + RUNTIMES_API + path
+
+    def _runtime_from(self, data: dict, method: str, url: str) -> Runtime:
+        runtime = data.get("runtime") or data.get("kernel")  # older servers said "kernel"
+        if not isinstance(runtime, dict) or not runtime.get("pod_name"):
+            raise DatalayerError("the answer has no 'runtime' with a 'pod_name'", status=200, method=method, url=url)
+        return Runtime.from_json(runtime)
+
+    def _get(self, url: str) -> dict:
+        return self._request("GET", url, retry_statuses=(502, 503, 504),
+                             retry_errors=(requests.ConnectionError, requests.Timeout))
+
+    def _headers(self, method: str, url: str) -> dict:
+        if not self.token:
+            raise AuthenticationError("no token: set DATALAYER_API_KEY (or DATALAYER_EXTERNAL_TOKEN), "
+                                      "or pass token= / --token", hint="")
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if self.token_source == "DATALAYER_EXTERNAL_TOKEN":
+            headers["X-External-Token"] = self.token
+        return headers
+
+    def _request(self, method: str, url: str, *, json: dict | None = None, retry_statuses: tuple = (),
+                 retry_errors: tuple = ()) -> dict:
+        """One API call, retried as allowed; the JSON body (``{}`` when empty), or a :class:`DatalayerError`."""
+        headers = self._headers(method, url)
+        deadline = time.monotonic() + self.retry_deadline
+        delay, attempts = 0.5, 0
+        while True:
+            attempts += 1
+            try:
+                response = self._session.request(method, url, json=json, headers=headers, timeout=self.timeout)
+            except requests.RequestException as exc:
+                if isinstance(exc, retry_errors) and time.monotonic() + delay < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 4.0)
+                    continue
+                reason = _describe(exc, self.timeout)
+                raise DatalayerError(f"{reason}{_tries(attempts)}", method=method, url=url) from exc
+            if response.status_code in retry_statuses and time.monotonic() + delay < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 4.0)
+                continue
+            break
+        status = response.status_code
+        body = _json(response)
+        if status >= 400 or body.get("success") is False:
+            raise _error(method, url, status, _server_message(response, body), attempts)
+        return body
+
+
+def _error(method: str, url: str, status: int, message: str, attempts: int) -> DatalayerError:
+    kind = DatalayerError
+    if status in (401, 403):
+        kind = AuthenticationError
+    elif status == 404:
+        kind = NotFoundError
+    elif status == 503 and method == "POST" and url.endswith(RUNTIMES_API + "/runtimes"):
+        kind = CapacityError
+        if not re.search(r"capacity|available", message, re.IGNORECASE):
+            message = f"no runtime available: {message}"
+    if status >= 500:
+        message += _tries(attempts)
+    return kind(message, status=status, url=url, method=method)
+
+
+def _describe(exc: requests.RequestException, timeout: float) -> str:
+    """A short reason for a request that got no answer (not urllib3's nested reprs)."""
+    if isinstance(exc, requests.Timeout):
+        return f"no answer within {timeout:g} s"
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+    if errno:
+        return f"cannot connect: {errno.group(0)}"
+    return text[:300]
+
+
+def _tries(attempts: int) -> str:
+    return f" (after {attempts} attempts)" if attempts > 1 else ""
+
+
+def _json(response: requests.Response) -> dict:
+    if not response.content:
+        return {}
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {"data": body}
+
+
+def _server_message(response: requests.Response, body: dict) -> str:
+    """What the server said went wrong: its ``message``, ``errors`` and ``exception``, else the text."""
+    parts = []
+    for key in ("message", "errors", "exception"):
+        value = body.get(key)
+        if value:
+            parts.append("; ".join(map(str, value)) if isinstance(value, list) else str(value))
+    if parts:
+        return " - ".join(parts)
+    if response.text.strip() and "html" not in response.headers.get("Content-Type", ""):
+        return " ".join(response.text.split())[:300]
+    return response.reason or "no message"
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+__all__ = [
+    "AuthenticationError", "CapacityError", "DatalayerClient", "DatalayerError", "Environment", "NotFoundError",
+    "Runtime", "Snapshot", "UnknownNameError", "resolve_token", "terminate_command",
+]

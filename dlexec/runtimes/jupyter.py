@@ -1,0 +1,386 @@
+"""A kernel on any Jupyter Server (or Enterprise Gateway), over its REST API and WebSocket.
+
+The kernel is started with ``POST {url}/api/kernels`` and reached on
+``{url}/api/kernels/{id}/channels``. The WebSocket speaks the
+``v1.kernel.websocket.jupyter.org`` subprotocol when the server offers it (binary frames:
+message buffers travel as they are) and falls back to the default JSON protocol
+(binary frames only for messages that carry buffers). jupyter-client's ``Session``
+builds and parses the messages; a server does not sign them, it authenticates the token.
+
+One thread receives and dispatches, one sends what :meth:`JupyterServerRuntime.send`
+queued (websockets allows one sender at a time, and a large payload must not block the
+caller). A kernel that the server had to restart (it died), a kernel deleted behind our
+back and a lost connection all count as the kernel's death.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import socket
+import struct
+import threading
+import urllib.parse
+
+import requests
+from jupyter_client.session import Session
+
+from ..errors import RuntimeStartError
+from .base import Runtime
+
+_log = logging.getLogger("dlexec")
+
+V1_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
+_STOP = object()
+
+
+class JupyterServerRuntime(Runtime):
+    """A kernel started by this process on a Jupyter Server, deleted on terminate."""
+
+    kind = "jupyter"
+
+    def __init__(
+        self,
+        name: str = "jupyter",
+        url: str | None = None,
+        token: str | None = None,
+        kernel_name: str = "python3",
+        *,
+        headers: dict | None = None,
+        subprotocol: str | None = "auto",
+        request_timeout: float = 30.0,
+        verify: bool | str = True,
+    ):
+        super().__init__(name)
+        if not url:
+            raise ValueError("the jupyter backend needs the server's url= (or $DLEXEC_JUPYTER_URL)")
+        self.url = url.rstrip("/")
+        self.token = token
+        self.kernel_name = kernel_name
+        self.subprotocol_choice = subprotocol
+        self.request_timeout = request_timeout
+        self.kernel_id: str | None = None
+        self.subprotocol: str | None = None
+        self._http = requests.Session()
+        self._http.verify = verify
+        self._http.headers.update(headers or {})
+        if token:
+            self._http.headers["Authorization"] = f"token {token}"
+        # The server authenticates the token and signs what it forwards to the kernel; over
+        # the WebSocket messages go unsigned. (Set after __init__, which warns about an empty key.)
+        self._session = Session(key=b"unused", username="dlexec")
+        self._session.key = b""
+        self._ws = None
+        self._outbox: queue.Queue = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._restarting = False
+        self._exit_reason: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def id(self) -> str:
+        short = self.kernel_id[:8] if self.kernel_id else "?"
+        return f"{self.name} (kernel {short} on {self.url})"
+
+    # -- REST ------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", self.request_timeout)
+        return self._http.request(method, f"{self.url}{path}", **kwargs)
+
+    def _check(self, response: requests.Response, doing: str) -> dict:
+        if response.ok:
+            return response.json() if response.content else {}
+        try:
+            message = response.json().get("message") or response.text
+        except ValueError:
+            message = response.text
+        hint = " (check the token)" if response.status_code in (401, 403) else ""
+        raise RuntimeStartError(
+            f"Jupyter Server {self.url}: {doing} failed with {response.status_code}: {message.strip()[:300]}{hint}"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        try:
+            response = self._request("POST", "/api/kernels", json={"name": self.kernel_name})
+        except requests.RequestException as exc:
+            raise RuntimeStartError(f"cannot reach the Jupyter Server at {self.url}: {exc}") from exc
+        self.kernel_id = self._check(response, "starting a kernel")["id"]
+        try:
+            self._connect(timeout)
+        except BaseException:
+            self.terminate()
+            raise
+
+    def _connect(self, timeout: float) -> None:
+        from websockets.sync.client import connect
+
+        parts = urllib.parse.urlsplit(self.url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        query = urllib.parse.urlencode({"session_id": self._session.session})
+        ws_url = urllib.parse.urlunsplit(
+            (scheme, parts.netloc, f"{parts.path}/api/kernels/{self.kernel_id}/channels", query, "")
+        )
+        protocols = [V1_SUBPROTOCOL] if self.subprotocol_choice in ("auto", V1_SUBPROTOCOL) else None
+        headers = dict(self._http.headers)
+        headers.pop("Accept-Encoding", None)
+        try:
+            sock = _connect_tcp(parts.hostname, parts.port or (443 if scheme == "wss" else 80), timeout)
+            self._ws = connect(
+                ws_url,
+                sock=sock,
+                subprotocols=protocols,
+                additional_headers={k: v for k, v in headers.items() if k.lower() not in ("accept", "connection")},
+                open_timeout=timeout,
+                max_size=None,
+                compression=None,
+                ping_interval=30,
+                ping_timeout=None,
+                ssl=None if scheme == "ws" else _ssl_context(self._http.verify),
+            ).__enter__()  # the context-manager form (websockets >= 17.1 deprecates the other)
+        except Exception as exc:  # noqa: BLE001 - every failure here means: cannot reach the kernel
+            raise RuntimeStartError(f"cannot open the kernel WebSocket {ws_url}: {exc}") from exc
+        self.subprotocol = self._ws.subprotocol
+        for target, name in ((self._receive_loop, "recv"), (self._send_loop, "send")):
+            thread = threading.Thread(target=target, name=f"dlexec-ws-{name}-{self.name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def message(self, msg_type: str, content: dict, metadata: dict | None = None) -> dict:
+        return self._session.msg(msg_type, content, metadata=metadata)
+
+    def send(self, channel: str, msg: dict, buffers=()) -> None:
+        if self._stopping or self._exit_reason is not None:
+            raise RuntimeError(f"kernel {self.id} is not running")
+        self._outbox.put((channel, msg, list(buffers)))
+
+    def interrupt(self) -> None:
+        if self.kernel_id:
+            self._check(self._request("POST", f"/api/kernels/{self.kernel_id}/interrupt"), "interrupting the kernel")
+
+    def restart(self, timeout: float = 60.0) -> None:
+        self._restarting = True  # the server's "restarting" status is ours, not a death
+        try:
+            self._check(
+                self._request("POST", f"/api/kernels/{self.kernel_id}/restart", timeout=timeout),
+                "restarting the kernel",
+            )
+        finally:
+            self._restarting = False
+
+    def is_alive(self) -> bool:
+        if self.kernel_id is None or self._exit_reason is not None:
+            return False
+        try:
+            response = self._request("GET", f"/api/kernels/{self.kernel_id}", timeout=10)
+        except requests.RequestException:
+            return False
+        return response.ok and response.json().get("execution_state") != "dead"
+
+    @property
+    def exit_reason(self) -> str | None:
+        return self._exit_reason
+
+    def terminate(self) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        self._outbox.put(_STOP)
+        if self._ws is not None:
+            try:
+                self._ws.close()
+            except Exception:  # noqa: BLE001
+                pass
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+        if self.kernel_id:
+            try:
+                response = self._request("DELETE", f"/api/kernels/{self.kernel_id}", timeout=10)
+                if response.status_code not in (204, 404, 410):
+                    _log.warning("dlexec: deleting kernel %s answered %s", self.id, response.status_code)
+            except requests.RequestException as exc:
+                _log.warning("dlexec: could not delete kernel %s: %s", self.id, exc)
+        self._http.close()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "kernel_id": self.kernel_id, "url": self.url, "subprotocol": self.subprotocol}
+
+    # -- the connection's threads ---------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        while True:
+            item = self._outbox.get()
+            if item is _STOP:
+                return
+            channel, msg, buffers = item
+            try:
+                self._ws.send(self._encode(channel, msg, buffers))
+            except Exception as exc:  # noqa: BLE001
+                self._died(f"the connection to kernel {self.id} failed while sending: {exc}")
+                return
+
+    def _receive_loop(self) -> None:
+        try:
+            for frame in self._ws:
+                try:
+                    channel, msg = self._decode(frame)
+                except Exception:  # noqa: BLE001 - a bad frame must not stop the thread
+                    _log.exception("dlexec: cannot parse a message from kernel %s", self.id)
+                    continue
+                if channel == "iopub" and msg["header"]["msg_type"] == "status":
+                    state = msg["content"].get("execution_state")
+                    if state in ("restarting", "dead") and not self._restarting:
+                        self._died(f"kernel {self.id} died (the server reported it {state})")
+                        return
+                try:
+                    self.on_message(channel, msg)
+                except Exception:  # noqa: BLE001 - a handler bug must not stop the thread
+                    _log.exception("dlexec: error while handling a %s message", channel)
+        except Exception as exc:  # noqa: BLE001
+            reason = f"the connection to kernel {self.id} was lost: {exc}"
+        else:
+            close = getattr(self._ws, "close_reason", "") or ""
+            code = getattr(self._ws, "close_code", None)
+            reason = f"the server closed the connection to kernel {self.id} (code {code}{': ' + close if close else ''})"
+        if not self._stopping:
+            self._died(self._explain_loss(reason))
+
+    def _explain_loss(self, reason: str) -> str:
+        try:
+            response = self._request("GET", f"/api/kernels/{self.kernel_id}", timeout=5)
+        except requests.RequestException as exc:
+            return f"{reason}; the server is unreachable ({exc})"
+        if response.status_code == 404:
+            return f"{reason}; the kernel no longer exists on the server"
+        return reason
+
+    def _died(self, reason: str) -> None:
+        with self._lock:
+            if self._stopping or self._exit_reason is not None:
+                return
+            self._exit_reason = reason
+        self.on_exit(reason)
+
+    # -- framing ------------------------------------------------------------------------------
+
+    def _encode(self, channel: str, msg: dict, buffers: list):
+        if self.subprotocol == V1_SUBPROTOCOL:
+            parts = self._session.serialize(msg)[2:]  # header, parent, metadata, content (no signature)
+            return encode_v1(channel, [*parts, *buffers])
+        wire = {
+            "header": msg["header"],
+            "parent_header": msg["parent_header"],
+            "metadata": msg["metadata"],
+            "content": msg["content"],
+            "channel": channel,
+        }
+        if not buffers:
+            return self._session.pack(wire).decode("utf-8")
+        return encode_json_binary(self._session.pack(wire), buffers)
+
+    def _decode(self, frame) -> tuple[str, dict]:
+        if self.subprotocol == V1_SUBPROTOCOL:
+            channel, parts = decode_v1(frame)
+            return channel, self._session.deserialize([b"", *parts], content=True)
+        if isinstance(frame, str):
+            msg, buffers = json.loads(frame), []
+        else:
+            head, buffers = decode_json_binary(frame)
+            msg = json.loads(bytes(head))
+        channel = msg.pop("channel", "iopub")
+        msg.setdefault("metadata", {})
+        msg["msg_id"] = msg["header"].get("msg_id")
+        msg["msg_type"] = msg["header"].get("msg_type")
+        msg["buffers"] = buffers
+        return channel, msg
+
+
+def encode_v1(channel: str, parts: list) -> bytes:
+    """``v1.kernel.websocket.jupyter.org``: 8-byte little-endian offsets, channel, parts."""
+    channel_bytes = channel.encode("utf-8")
+    offsets = [8 * (1 + 1 + len(parts) + 1)]
+    offsets.append(offsets[-1] + len(channel_bytes))
+    for part in parts:
+        offsets.append(offsets[-1] + memoryview(part).nbytes)
+    head = struct.pack(f"<{len(offsets) + 1}Q", len(offsets), *offsets)
+    return b"".join([head, channel_bytes, *parts])
+
+
+def decode_v1(frame: bytes) -> tuple[str, list]:
+    view = memoryview(frame)
+    count = struct.unpack_from("<Q", view, 0)[0]
+    offsets = struct.unpack_from(f"<{count}Q", view, 8)
+    channel = bytes(view[offsets[0] : offsets[1]]).decode("utf-8")
+    parts = [view[offsets[i] : offsets[i + 1]] for i in range(1, count - 1)]
+    return channel, parts
+
+
+def encode_json_binary(head: bytes, buffers: list) -> bytes:
+    """The default protocol's binary frame: 4-byte big-endian count and offsets, JSON, buffers."""
+    chunks = [head, *buffers]
+    offsets = [4 * (len(chunks) + 1)]
+    for chunk in chunks[:-1]:
+        offsets.append(offsets[-1] + memoryview(chunk).nbytes)
+    return b"".join([struct.pack(f"!{len(chunks) + 1}I", len(chunks), *offsets), *chunks])
+
+
+def decode_json_binary(frame: bytes) -> tuple[memoryview, list]:
+    view = memoryview(frame)
+    count = struct.unpack_from("!I", view, 0)[0]
+    offsets = [*struct.unpack_from(f"!{count}I", view, 4), len(view)]
+    chunks = [view[offsets[i] : offsets[i + 1]] for i in range(count)]
+    return chunks[0], chunks[1:]
+
+
+class _QuickAckSocket(socket.socket):
+    """A TCP socket that acknowledges at once what it receives.
+
+    Jupyter Server does not disable Nagle's algorithm on its WebSockets, so it holds a
+    small frame (a reply) until the previous one (a status message) is acknowledged, and
+    Linux delays acknowledgements by up to 40 ms: every round trip would take 40 ms.
+    """
+
+    if hasattr(socket, "TCP_QUICKACK"):
+
+        def recv(self, bufsize, flags=0):
+            self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            return super().recv(bufsize, flags)
+
+        def recv_into(self, buffer, nbytes=0, flags=0):
+            self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            return super().recv_into(buffer, nbytes, flags)
+
+
+def _connect_tcp(host: str, port: int, timeout: float) -> socket.socket:
+    error: Exception | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = _QuickAckSocket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error or OSError(f"cannot resolve {host}")
+
+
+def _ssl_context(verify):
+    import ssl
+
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return ssl.create_default_context()
