@@ -92,6 +92,7 @@ class KernelChannel:
                 "dill and tblib (pip install dill tblib)."
             )
         self.info, _ = self.call("info", timeout=timeout)
+        check_versions(self.info, self.runtime.id)
 
     def _wait_ready(self, timeout: float) -> None:
         """Wait for a ``kernel_info_reply`` and for IOPub to be connected (its first message)."""
@@ -290,6 +291,34 @@ class KernelChannel:
             raise self.lost_error()
         if not self.runtime.is_alive():
             raise RuntimeStartError(f"kernel {self.runtime.id} is not running")
+
+
+def check_versions(info: dict, runtime_id: str) -> None:
+    """Refuse a kernel that cannot read what this client sends; warn about a different dill.
+
+    dill sends functions defined in ``__main__`` and in the user's modules as code objects,
+    which only the same Python minor version can load.
+    """
+    import warnings
+
+    import dill
+
+    remote = tuple(info.get("python") or ())[:2]
+    here = sys.version_info[:2]
+    if remote and remote != here:
+        raise RuntimeStartError(
+            f"runtime {runtime_id} runs Python {'.'.join(map(str, info['python']))} but this client runs "
+            f"{sys.version.split()[0]}: functions sent by value (from __main__, notebooks or your own modules) "
+            f"cannot be loaded across Python versions. Use a runtime environment with Python "
+            f"{here[0]}.{here[1]}, or a client with Python {remote[0]}.{remote[1]}."
+        )
+    if info.get("dill") and info["dill"] != dill.__version__:
+        warnings.warn(
+            f"runtime {runtime_id} has dill {info['dill']} and this client dill {dill.__version__}; "
+            "if tasks fail to load there, install the same dill version on both sides.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 class _Deadline:

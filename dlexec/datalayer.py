@@ -21,8 +21,11 @@ import shlex
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import requests
+
+from .snapshots import RuntimeSnapshotModel
 
 DEFAULT_URL = "https://prod1.datalayer.run"
 RUNTIMES_API = "/api/runtimes/v1"
@@ -153,10 +156,8 @@ class Snapshot:
                    status=data.get("status") or "", size=data.get("size"), updated_at=data.get("updated_at"),
                    raw=data)
 
-    def to_model(self):
+    def to_model(self) -> RuntimeSnapshotModel:
         """The same snapshot as a :class:`dlexec.RuntimeSnapshotModel` (the seed API's type)."""
-        from .snapshots import RuntimeSnapshotModel
-
         return RuntimeSnapshotModel(self.uid, self.name, self.description, self.environment, dict(self.metadata))
 
 
@@ -271,14 +272,13 @@ class DatalayerClient:
 
     def get_runtime(self, pod_name: str) -> Runtime:
         """One runtime; :class:`NotFoundError` if there is none of that name."""
-        url = self._run(f"/runtimes/{pod_name}")
+        url = self._run(f"/runtimes/{quote(pod_name, safe='')}")
         return self._runtime_from(self._get(url), "GET", url)
 
     def delete_runtime(self, pod_name: str) -> bool:
         """Delete a runtime: True if deleted, False if it was already gone (404)."""
         try:
-            self._request("DELETE", self._run(f"/runtimes/{pod_name}"), retry_statuses=(502, 504),
-                          retry_errors=(requests.ConnectionError, requests.Timeout))
+            self._delete(self._run(f"/runtimes/{quote(pod_name, safe='')}"))
         except NotFoundError:
             return False
         return True
@@ -311,7 +311,7 @@ class DatalayerClient:
 
     def get_snapshot(self, uid: str) -> Snapshot:
         """One snapshot by uid; :class:`NotFoundError` if there is none."""
-        url = self._run(f"/runtime-snapshots/{uid}")
+        url = self._run(f"/runtime-snapshots/{quote(uid, safe='')}")
         data = self._get(url).get("snapshot")
         if not isinstance(data, dict):
             raise DatalayerError("the answer has no 'snapshot'", status=200, method="GET", url=url)
@@ -321,8 +321,7 @@ class DatalayerClient:
         """Delete a snapshot given its uid or name: True if deleted, False if it was already gone."""
         uid = self._find_snapshot(uid_or_name).uid
         try:
-            self._request("DELETE", self._run(f"/runtime-snapshots/{uid}"), retry_statuses=(502, 504),
-                          retry_errors=(requests.ConnectionError, requests.Timeout))
+            self._delete(self._run(f"/runtime-snapshots/{quote(uid, safe='')}"))
         except NotFoundError:
             return False
         return True
@@ -350,6 +349,10 @@ class DatalayerClient:
 
     def _get(self, url: str) -> dict:
         return self._request("GET", url, retry_statuses=(502, 503, 504),
+                             retry_errors=(requests.ConnectionError, requests.Timeout))
+
+    def _delete(self, url: str) -> dict:
+        return self._request("DELETE", url, retry_statuses=(502, 504),
                              retry_errors=(requests.ConnectionError, requests.Timeout))
 
     def _headers(self, method: str, url: str) -> dict:

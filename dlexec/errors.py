@@ -11,7 +11,31 @@ from concurrent.futures.process import BrokenProcessPool
 
 
 class RuntimeStartError(RuntimeError):
-    """A runtime (kernel) could not be started, reached or prepared for dlexec."""
+    """A runtime (kernel) could not be started, reached or prepared for dlexec.
+
+    ``status`` is the HTTP status that refused it, if any; ``unreachable`` says that no
+    server answered at all.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, unreachable: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.unreachable = unreachable
+
+
+class TerminatedBySignal(SystemExit):
+    """Raised in the main thread on SIGTERM when paid runtimes are running, so that the
+    program exits through its cleanups (which delete them) instead of dying at once.
+
+    ``TerminatedBySignal.raised`` stays True afterwards: exit handlers then stop the
+    runtimes at once rather than wait for pending work.
+    """
+
+    raised = False
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        TerminatedBySignal.raised = True
 
 
 class WorkerLostError(BrokenProcessPool):

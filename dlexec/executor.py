@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import threading
 import time
 import weakref
@@ -44,9 +45,10 @@ from functools import partial
 from typing import Any, Callable
 
 from . import serialization
-from .errors import InitializerFailed, WorkerLostError
+from .errors import InitializerFailed, TerminatedBySignal, WorkerLostError
 from .futures import TaskFuture
 from .modules import user_modules
+from .runtimes import prepare
 from .service import RuntimeService
 from .tracebacks import rebuild_exception
 from .worker import REQUEST
@@ -63,11 +65,18 @@ _live_pools: weakref.WeakSet = weakref.WeakSet()
 
 
 def _python_exit() -> None:
-    """At interpreter exit, finish the pending work and stop the kernels (as ProcessPoolExecutor)."""
+    """At interpreter exit, finish the pending work and stop the kernels (as ProcessPoolExecutor).
+
+    Unless the program is ending on Ctrl-C or SIGTERM: then the kernels are stopped at once.
+    """
     global _global_shutdown
     _global_shutdown = True
+    interrupted = TerminatedBySignal.raised or isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     for pool in list(_live_pools):
-        pool.shutdown(wait=True)
+        if interrupted:
+            pool.kill()
+        else:
+            pool.shutdown(wait=True)
 
 
 # Runs before non-daemon threads are joined and before atexit, like concurrent.futures.
@@ -489,6 +498,7 @@ class DatalayerExecutor(Executor):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
+        backend = prepare(backend)
         self._max_workers = max_workers
         self._mp_context = mp_context
         self._pool = _Pool(max_workers, None if initializer is None else (initializer, tuple(initargs)),
@@ -519,8 +529,8 @@ class DatalayerExecutor(Executor):
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
     def __exit__(self, exc_type, exc_val, exc_tb):
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            self._pool.kill()  # Ctrl-C: do not wait for the remote work
+        if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, TerminatedBySignal)):
+            self._pool.kill()  # Ctrl-C or SIGTERM: do not wait for the remote work
         else:
             self.shutdown(wait=True)
         return False

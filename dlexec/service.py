@@ -25,7 +25,7 @@ from . import serialization, snapshots
 from .channel import KernelChannel
 from .errors import ExecutionError
 from .modules import sources_to_ship, user_modules
-from .runtimes import create_runtime, resolve_backend
+from .runtimes import create_runtime, prepare
 from .snapshots import RuntimeSnapshotModel
 
 DEFAULT_ENVIRONMENT = "python-cpu-env"
@@ -135,7 +135,7 @@ class RuntimeService:
         start_timeout: float = 60.0,
         **runtime_options: Any,
     ):
-        self._backend = resolve_backend(backend)
+        self._backend = prepare(backend)
         self._model = RuntimeModel(
             name=name,
             environment=environment,
@@ -154,6 +154,9 @@ class RuntimeService:
         )
         self._token = token
         self._snapshot = snapshot
+        # Only URLs given here override $DATALAYER_RUN_URL / $DATALAYER_IAM_URL (the reference
+        # SDK ignored the variables whenever the defaults applied).
+        self._urls_given = {"run_url": run_url if run_url != DEFAULT_RUN_URL else None, "iam_url": iam_url}
         self._start_timeout = start_timeout
         self._runtime_options = runtime_options
         self._channel: KernelChannel | None = None
@@ -206,24 +209,42 @@ class RuntimeService:
         runtime = create_runtime(self._backend, self._model.name, **self._backend_options())
         channel = KernelChannel(runtime)
         # Registered before starting, so that a kernel is never left behind by a failed start.
+        self._runtime = runtime
         self._finalizer = weakref.finalize(self, runtime.terminate)
         channel.start(self._start_timeout)
         self._channel = channel
         facts = runtime.describe()
-        self._model.uid = self._model.uid or facts.get("kernel_id") or facts.get("id")
-        self._model.started_at = self._model.started_at or str(time.time())
-        if self._snapshot:
+        model = self._model
+        for field in ("pod_name", "ingress", "jupyter_token", "reservation_id", "burning_rate", "expired_at"):
+            if facts.get(field) is not None:
+                setattr(model, field, facts[field])
+        model.uid = facts.get("uid") or model.uid or facts.get("kernel_id") or facts.get("id")
+        model.started_at = str(facts.get("started_at") or model.started_at or time.time())
+        if self._snapshot and runtime.kind == "local":  # a Datalayer runtime started from it already
             self._restore(snapshots.get(self._snapshot))
         return self
 
     def _backend_options(self) -> dict:
         """The backend's settings: the extra options, plus what the seed's arguments mean there."""
         options = dict(self._runtime_options)
+        model = self._model
         if self._backend == "jupyter":  # an existing Jupyter Server: ingress + its token
-            if options.get("url") is None and self._model.ingress:
-                options["url"] = self._model.ingress
-            if options.get("token") is None and (self._model.jupyter_token or self._token):
-                options["token"] = self._model.jupyter_token or self._token
+            if options.get("url") is None and model.ingress:
+                options["url"] = model.ingress
+            if options.get("token") is None and (model.jupyter_token or self._token):
+                options["token"] = model.jupyter_token or self._token
+        elif self._backend == "datalayer":
+            options.update(
+                environment=model.environment,
+                time_reservation=model.time_reservation,
+                run_url=self._urls_given.get("run_url"),
+                iam_url=self._urls_given.get("iam_url"),
+                token=self._token,
+                snapshot=self._snapshot,
+                pod_name=model.pod_name,
+                ingress=model.ingress,
+                jupyter_token=model.jupyter_token,
+            )
         return options
 
     def _ensure_started(self) -> None:
@@ -231,10 +252,11 @@ class RuntimeService:
             self.start()
 
     def terminate(self) -> bool:
-        """Stop the runtime. Returns False if it was never started."""
+        """Stop the runtime (and wait until it is gone). Returns False if it was never started."""
         if self._finalizer is None:
             return False
-        self._finalizer()  # runs runtime.terminate once
+        self._finalizer.detach()
+        self._runtime.terminate()  # idempotent; a concurrent call waits for the first
         return True
 
     def __enter__(self) -> RuntimeService:
@@ -366,6 +388,12 @@ class RuntimeService:
         could not be serialized is listed in ``metadata["skipped"]``. With ``stop`` the
         runtime is terminated afterwards.
         """
+        runtime = self.channel.runtime
+        if runtime.kind == "datalayer":  # the platform snapshots the whole runtime
+            snapshot = runtime.client.create_snapshot(runtime.pod_name, name, description, stop=stop)
+            if stop:
+                self.terminate()
+            return snapshot.to_model()
         content, frames = self.channel.call("snapshot")
         _raise_for(content)
         variables, offset = {}, 0

@@ -10,7 +10,7 @@ import os
 
 from .base import Runtime
 
-BACKENDS = ("local", "jupyter")
+BACKENDS = ("local", "jupyter", "datalayer")
 DEFAULT_BACKEND = "local"
 
 
@@ -27,7 +27,8 @@ def create_runtime(backend: str | None, name: str, **options) -> Runtime:
     """A new, not yet started runtime of the given backend.
 
     Settings not given as options come from the environment: ``$DLEXEC_JUPYTER_URL`` and
-    ``$DLEXEC_JUPYTER_TOKEN`` for ``jupyter``.
+    ``$DLEXEC_JUPYTER_TOKEN`` for ``jupyter``; ``$DATALAYER_API_KEY``, ``$DATALAYER_RUN_URL``
+    and ``$DATALAYER_IAM_URL`` for ``datalayer``.
     """
     backend = resolve_backend(backend)
     if backend == "local":
@@ -37,10 +38,27 @@ def create_runtime(backend: str | None, name: str, **options) -> Runtime:
     if backend == "jupyter":
         from .jupyter import JupyterServerRuntime
 
-        options.setdefault("url", os.environ.get("DLEXEC_JUPYTER_URL"))
-        options.setdefault("token", os.environ.get("DLEXEC_JUPYTER_TOKEN"))
+        if options.get("url") is None:
+            options["url"] = os.environ.get("DLEXEC_JUPYTER_URL")
+        if options.get("token") is None:
+            options["token"] = os.environ.get("DLEXEC_JUPYTER_TOKEN")
         return JupyterServerRuntime(name, **options)
+    if backend == "datalayer":
+        from .datalayer import DatalayerRuntime
+
+        return DatalayerRuntime(name, **options)  # the client reads the DATALAYER_* variables
     raise AssertionError(backend)  # pragma: no cover - resolve_backend checked it
 
 
-__all__ = ["BACKENDS", "Runtime", "create_runtime", "resolve_backend"]
+def prepare(backend: str | None) -> str:
+    """Resolve the backend and do, in the caller's (main) thread, what it needs there:
+    for paid runtimes, a SIGTERM handler that lets the program delete them on exit."""
+    backend = resolve_backend(backend)
+    if backend == "datalayer":
+        from .datalayer import install_sigterm_handler
+
+        install_sigterm_handler()
+    return backend
+
+
+__all__ = ["BACKENDS", "Runtime", "create_runtime", "prepare", "resolve_backend"]

@@ -78,6 +78,7 @@ class JupyterServerRuntime(Runtime):
         self._restarting = False
         self._exit_reason: str | None = None
         self._lock = threading.Lock()
+        self._terminate_lock = threading.Lock()
 
     @property
     def id(self) -> str:
@@ -99,7 +100,8 @@ class JupyterServerRuntime(Runtime):
             message = response.text
         hint = " (check the token)" if response.status_code in (401, 403) else ""
         raise RuntimeStartError(
-            f"Jupyter Server {self.url}: {doing} failed with {response.status_code}: {message.strip()[:300]}{hint}"
+            f"Jupyter Server {self.url}: {doing} failed with {response.status_code}: {message.strip()[:300]}{hint}",
+            status=response.status_code,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -108,7 +110,7 @@ class JupyterServerRuntime(Runtime):
         try:
             response = self._request("POST", "/api/kernels", json={"name": self.kernel_name})
         except requests.RequestException as exc:
-            raise RuntimeStartError(f"cannot reach the Jupyter Server at {self.url}: {exc}") from exc
+            raise RuntimeStartError(f"cannot reach the Jupyter Server at {self.url}: {exc}", unreachable=True) from exc
         self.kernel_id = self._check(response, "starting a kernel")["id"]
         try:
             self._connect(timeout)
@@ -186,10 +188,14 @@ class JupyterServerRuntime(Runtime):
         return self._exit_reason
 
     def terminate(self) -> None:
-        with self._lock:
-            if self._stopping:
-                return
-            self._stopping = True
+        with self._terminate_lock:  # a second caller waits until the kernel is really gone
+            with self._lock:
+                if self._stopping:
+                    return
+                self._stopping = True
+            self._terminate()
+
+    def _terminate(self) -> None:
         self._outbox.put(_STOP)
         if self._ws is not None:
             try:

@@ -67,7 +67,7 @@ class LocalRuntime(Runtime):
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._exit_reason: str | None = None
-        self._lock = threading.Lock()
+        self._terminate_lock = threading.Lock()
 
     @property
     def id(self) -> str:
@@ -154,10 +154,13 @@ class LocalRuntime(Runtime):
         return self._exit_reason
 
     def terminate(self) -> None:
-        with self._lock:
+        with self._terminate_lock:  # a second caller waits until the kernel is really gone
             if self._stopping:
                 return
             self._stopping = True
+            self._terminate()
+
+    def _terminate(self) -> None:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._wake()
             self._thread.join(timeout=5)
