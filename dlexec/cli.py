@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .datalayer import DatalayerClient, DatalayerError, Runtime, Snapshot, terminate_command
+from .datalayer import DatalayerClient, DatalayerError, RuntimeInfo, Snapshot, terminate_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +122,7 @@ def _json_out(args, data: Any) -> bool:
     return False
 
 
-def _runtime_table(runtimes: list[Runtime]) -> str:
+def _runtime_table(runtimes: list[RuntimeInfo]) -> str:
     rows = [(r.pod_name, r.given_name, r.environment_name, _local_time(r.started_at), _local_time(r.expired_at),
              "" if r.burning_rate is None else f"{r.burning_rate:g}") for r in runtimes]
     return _table(("POD NAME", "GIVEN NAME", "ENVIRONMENT", "STARTED", "EXPIRES", "CREDITS/S"), rows, "no runtimes")

@@ -25,63 +25,13 @@ from urllib.parse import quote
 
 import requests
 
+from .errors import AuthenticationError, CapacityError, DatalayerError, NotFoundError, UnknownNameError
 from .snapshots import RuntimeSnapshotModel
 
 DEFAULT_URL = "https://prod1.datalayer.run"
 RUNTIMES_API = "/api/runtimes/v1"
 IAM_API = "/api/iam/v1"
 TOKEN_ENV_VARS = ("DATALAYER_API_KEY", "DATALAYER_EXTERNAL_TOKEN")
-_TOKEN_HINT = "set a valid API key in DATALAYER_API_KEY, or pass token= / --token"
-
-
-class DatalayerError(RuntimeError):
-    """A Datalayer API request failed.
-
-    ``status`` is the HTTP status (None when no answer came), ``message`` what the server
-    said (its ``message``, ``errors`` and ``exception`` fields), ``url`` and ``method`` the
-    request.
-    """
-
-    hint = ""
-
-    def __init__(self, message: str, *, status: int | None = None, url: str | None = None,
-                 method: str | None = None, hint: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.url = url
-        self.method = method
-        if hint is not None:
-            self.hint = hint
-
-    def __str__(self) -> str:
-        if self.method and self.url:
-            status = f" with {self.status}" if self.status is not None else ""
-            text = f"Datalayer API: {self.method} {self.url} failed{status}: {self.message}"
-        else:
-            text = f"Datalayer API: {self.message}"
-        return f"{text} ({self.hint})" if self.hint else text
-
-    def __reduce__(self):
-        return self.__class__, (self.message,), self.__dict__
-
-
-class AuthenticationError(DatalayerError):
-    """No token, or the token was refused (401/403)."""
-
-    hint = "the token was refused; " + _TOKEN_HINT
-
-
-class NotFoundError(DatalayerError):
-    """The resource does not exist (404)."""
-
-
-class UnknownNameError(NotFoundError, ValueError):
-    """An environment or snapshot name this account does not have; the message lists the valid ones."""
-
-
-class CapacityError(DatalayerError):
-    """No runtime available: runtime creation kept answering 503."""
 
 
 @dataclasses.dataclass
@@ -107,7 +57,7 @@ class Environment:
 
 
 @dataclasses.dataclass
-class Runtime:
+class RuntimeInfo:
     """A live runtime. ``ingress`` is its Jupyter Server's base URL and ``token`` that server's
     token (not the Datalayer API key); ``started_at``/``expired_at`` are epoch seconds."""
 
@@ -126,7 +76,7 @@ class Runtime:
     raw: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_json(cls, data: dict) -> Runtime:
+    def from_json(cls, data: dict) -> RuntimeInfo:
         text = {key: str(data.get(key) or "") for key in (
             "uid", "given_name", "environment_name", "environment_title", "type", "ingress", "token",
             "reservation_id")}
@@ -240,7 +190,7 @@ class DatalayerClient:
     # -- runtimes --------------------------------------------------------------------------------
 
     def create_runtime(self, environment: str, time_reservation_minutes: float = 10.0, given_name: str | None = None,
-                       snapshot: str | None = None) -> Runtime:
+                       snapshot: str | None = None) -> RuntimeInfo:
         """Create (and start billing) a runtime; delete it with :meth:`delete_runtime`.
 
         The credits reserved are the environment's burning rate × 60 × ``time_reservation_minutes``.
@@ -266,11 +216,11 @@ class DatalayerClient:
             raise
         return self._runtime_from(data, "POST", self._run("/runtimes"))
 
-    def list_runtimes(self) -> list[Runtime]:
+    def list_runtimes(self) -> list[RuntimeInfo]:
         """The caller's live runtimes."""
-        return [Runtime.from_json(r) for r in self._get(self._run("/runtimes")).get("runtimes") or []]
+        return [RuntimeInfo.from_json(r) for r in self._get(self._run("/runtimes")).get("runtimes") or []]
 
-    def get_runtime(self, pod_name: str) -> Runtime:
+    def get_runtime(self, pod_name: str) -> RuntimeInfo:
         """One runtime; :class:`NotFoundError` if there is none of that name."""
         url = self._run(f"/runtimes/{quote(pod_name, safe='')}")
         return self._runtime_from(self._get(url), "GET", url)
@@ -341,11 +291,11 @@ class DatalayerClient:
     def _run(self, path: str) -> str:
         return self.run_url + RUNTIMES_API + path
 
-    def _runtime_from(self, data: dict, method: str, url: str) -> Runtime:
+    def _runtime_from(self, data: dict, method: str, url: str) -> RuntimeInfo:
         runtime = data.get("runtime") or data.get("kernel")  # older servers said "kernel"
         if not isinstance(runtime, dict) or not runtime.get("pod_name"):
             raise DatalayerError("the answer has no 'runtime' with a 'pod_name'", status=200, method=method, url=url)
-        return Runtime.from_json(runtime)
+        return RuntimeInfo.from_json(runtime)
 
     def _get(self, url: str) -> dict:
         return self._request("GET", url, retry_statuses=(502, 503, 504),
@@ -456,5 +406,5 @@ def _float(value: Any) -> float | None:
 
 __all__ = [
     "AuthenticationError", "CapacityError", "DatalayerClient", "DatalayerError", "Environment", "NotFoundError",
-    "Runtime", "Snapshot", "UnknownNameError", "resolve_token", "terminate_command",
+    "RuntimeInfo", "Snapshot", "UnknownNameError", "resolve_token", "terminate_command",
 ]

@@ -86,3 +86,56 @@ class ExecutionError(RuntimeError):
     def __init__(self, message: str, response=None):
         super().__init__(message)
         self.response = response
+
+
+# -- the Datalayer REST API (dlexec.datalayer) ---------------------------------------------
+
+
+class DatalayerError(RuntimeError):
+    """A Datalayer API request failed.
+
+    ``status`` is the HTTP status (None when no answer came), ``message`` what the server
+    said (its ``message``, ``errors`` and ``exception`` fields), ``url`` and ``method`` the
+    request.
+    """
+
+    hint = ""
+
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None,
+                 method: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.url = url
+        self.method = method
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        if self.method and self.url:
+            status = f" with {self.status}" if self.status is not None else ""
+            text = f"Datalayer API: {self.method} {self.url} failed{status}: {self.message}"
+        else:
+            text = f"Datalayer API: {self.message}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+    def __reduce__(self):
+        return self.__class__, (self.message,), self.__dict__
+
+
+class AuthenticationError(DatalayerError):
+    """No token, or the token was refused (401/403)."""
+
+    hint = "the token was refused; set a valid API key in DATALAYER_API_KEY, or pass token= / --token"
+
+
+class NotFoundError(DatalayerError):
+    """The resource does not exist (404)."""
+
+
+class UnknownNameError(NotFoundError, ValueError):
+    """An environment or snapshot name this account does not have; the message lists the valid ones."""
+
+
+class CapacityError(DatalayerError):
+    """No runtime available: runtime creation kept answering 503."""

@@ -74,7 +74,7 @@ class DatalayerRuntime(Runtime):
         self.kernel_name = kernel_name
         self.warmup_timeout = warmup_timeout
         self.client = client or DatalayerClient(token, run_url, iam_url, retry_deadline=retry_deadline)
-        self.info = None  # dlexec.datalayer.Runtime once created or found
+        self.info = None  # dlexec.datalayer.RuntimeInfo once created or found
         self.pod_name = pod_name
         self.ingress, self.jupyter_token = ingress, jupyter_token
         self.owned = False
@@ -92,7 +92,7 @@ class DatalayerRuntime(Runtime):
         if not (self.ingress and self.jupyter_token):
             self._create()
         try:
-            self._connect(max(timeout, self.warmup_timeout))
+            self._connect(self.warmup_timeout)
         except BaseException:
             self.terminate()  # never leave a paid runtime behind a failed start
             raise
@@ -113,7 +113,7 @@ class DatalayerRuntime(Runtime):
     def _connect(self, timeout: float) -> None:
         """Start a kernel on the runtime's Jupyter Server, waiting out its warm-up."""
         deadline = time.monotonic() + timeout
-        delay = 0.5
+        delay = 0.25
         while True:
             kernel = JupyterServerRuntime(self.name, self.ingress, self.jupyter_token, self.kernel_name)
             kernel.on_message = lambda channel, msg: self.on_message(channel, msg)
@@ -128,7 +128,7 @@ class DatalayerRuntime(Runtime):
                         f"{' within ' + format(timeout, 'g') + ' s' if warming else ''}: {exc}"
                     ) from exc
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 2.0)
                 continue
             self.kernel = kernel
             return
