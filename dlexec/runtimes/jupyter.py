@@ -32,6 +32,7 @@ from .base import Runtime
 _log = logging.getLogger("dlexec")
 
 V1_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
+_TORNADO_MAX_MESSAGE = 10 * 2**20  # what a Jupyter Server accepts in one message by default
 _STOP = object()
 
 
@@ -225,10 +226,15 @@ class JupyterServerRuntime(Runtime):
             if item is _STOP:
                 return
             channel, msg, buffers = item
+            frame = self._encode(channel, msg, buffers)
             try:
-                self._ws.send(self._encode(channel, msg, buffers))
+                self._ws.send(frame)
             except Exception as exc:  # noqa: BLE001
-                self._died(f"the connection to kernel {self.id} failed while sending: {exc}")
+                reason = f"the connection to kernel {self.id} failed while sending: {exc}"
+                if len(frame) > _TORNADO_MAX_MESSAGE:
+                    reason += (f"; the message was {len(frame) / 2**20:.0f} MiB and Jupyter Servers refuse more than "
+                               "10 MiB unless configured otherwise (tornado's websocket_max_message_size)")
+                self._died(reason)
                 return
 
     def _receive_loop(self) -> None:
@@ -254,6 +260,9 @@ class JupyterServerRuntime(Runtime):
             close = getattr(self._ws, "close_reason", "") or ""
             code = getattr(self._ws, "close_code", None)
             reason = f"the server closed the connection to kernel {self.id} (code {code}{': ' + close if close else ''})"
+            if code == 1009:
+                reason += ("; a message was larger than the server accepts (tornado's "
+                           "websocket_max_message_size, 10 MiB by default): send smaller payloads or raise it")
         if not self._stopping:
             self._died(self._explain_loss(reason))
 
