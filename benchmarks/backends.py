@@ -144,6 +144,7 @@ def bare_local(calls: int) -> float:
 
     km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60)
     try:
+        track()
         for _ in range(20):
             kc.kernel_info(reply=True, timeout=TIMEOUT)
         times = []
@@ -198,6 +199,7 @@ def bare_websocket(base_url: str, token: str, calls: int) -> float:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with connect(ws_url, sock=sock, additional_headers={"Authorization": f"token {token}"},
                      max_size=None, compression=None, open_timeout=60) as ws:
+            track()
 
             def kernel_info() -> None:
                 msg_id = uuid.uuid4().hex
@@ -281,6 +283,7 @@ def measure(name: str, args, results: dict, problems: list) -> None:
                 ex.submit(identity, 1).result(timeout=TIMEOUT)
                 elapsed = time.perf_counter() - start
                 seen_pids.add(ex.submit(worker_pid, 0).result(timeout=TIMEOUT))
+                track()
             return elapsed
 
         step(name, "start-up", problems, lambda: results.__setitem__(
@@ -289,6 +292,7 @@ def measure(name: str, args, results: dict, problems: list) -> None:
         payload = np.random.default_rng(0).random(args.payload_mb * 2**20 // 8)
         with factory(args.workers) as ex:
             warm_up(ex, args.workers)
+            track()
 
             def roundtrip():
                 for _ in range(20):
@@ -316,13 +320,15 @@ def measure(name: str, args, results: dict, problems: list) -> None:
             step(name, "payload", problems, transfer)
 
         if not args.no_reference:
-            if name == "local":
-                bare = lambda: bare_local(args.calls)  # noqa: E731
-            elif name == "jupyter":
-                bare = lambda: bare_websocket(context["url"], context["token"], args.calls)  # noqa: E731
-            else:
-                bare = lambda: bare_datalayer(context["standin"], args.calls)  # noqa: E731
-            step(name, "bare kernel_info", problems, lambda: results.__setitem__("bare", bare()))
+            def bare():
+                if name == "local":
+                    results["bare"] = bare_local(args.calls)
+                elif name == "jupyter":
+                    results["bare"] = bare_websocket(context["url"], context["token"], args.calls)
+                else:
+                    results["bare"] = bare_datalayer(context["standin"], args.calls)
+
+            step(name, "bare kernel_info", problems, bare)
 
 
 def step(name: str, what: str, problems: list, fn) -> None:
@@ -339,30 +345,63 @@ def step(name: str, what: str, problems: list, fn) -> None:
 
 # -- processes left behind ------------------------------------------------------------------------
 
-
-def jupyter_processes() -> dict[int, str]:
-    """pid -> command line of the running jupyter / ipykernel processes (as ``ps`` sees them)."""
-    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
-    found = {}
-    for line in out.splitlines()[1:]:
-        pid, _, command = line.strip().split(None, 2) + [""] * (3 - len(line.strip().split(None, 2)))
-        if ("jupyter" in command or "ipykernel" in command) and int(pid) != os.getpid():
-            found[int(pid)] = command
-    return found
+#: pid -> command line of every descendant of this process seen while executors, servers and
+#: stand-ins were running (local kernels, Jupyter Servers and their kernels: all children or
+#: grandchildren of this process while they live, re-parented once it is gone).
+tracked: dict[int, str] = {}
 
 
-def leftovers(before: dict[int, str]) -> list[str]:
-    """The jupyter/ipykernel processes started since ``before`` that are still alive, and the
-    kernel pids seen in tasks that are (not zombies and) still alive."""
-    time.sleep(1)  # let the last processes exit
-    left = {pid: cmd for pid, cmd in jupyter_processes().items() if pid not in before}
+def track() -> None:
+    """Record this process's descendants (call while the things to check later are running)."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=False).stdout
+    children: dict[int, list[tuple[int, str]]] = {}
+    for line in out.splitlines():
+        fields = line.split(None, 2)
+        if len(fields) >= 2:
+            children.setdefault(int(fields[1]), []).append((int(fields[0]), fields[2] if len(fields) > 2 else ""))
+    todo = [os.getpid()]
+    while todo:
+        for pid, command in children.get(todo.pop(), ()):
+            if pid not in tracked and not command.startswith("ps "):
+                tracked[pid] = command
+            todo.append(pid)
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def alive(pid: int, command: str) -> bool:
+    """Whether ``pid`` still runs ``command`` (not a zombie, not a reused pid)."""
+    if not running(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            now = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return False
+    return now[:60] == command[:60]
+
+
+def leftovers() -> list[str]:
+    """The tracked processes (and kernel pids seen in tasks) still alive; clears both."""
+    track()  # anything started since the last call and still running is ours and left behind
     for pid in seen_pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    left.setdefault(pid, "(a kernel pid seen in a task)")
-        except OSError:
-            pass
+        if pid not in tracked and pid != os.getpid():
+            tracked[pid] = "(a kernel pid seen in a task)"
+    deadline = time.monotonic() + 5  # let the last processes exit
+    while True:
+        left = {pid: cmd for pid, cmd in tracked.items()
+                if (running(pid) if cmd.startswith("(") else alive(pid, cmd))}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    tracked.clear()
     seen_pids.clear()
     return [f"{pid} {cmd[:150]}" for pid, cmd in sorted(left.items())]
 
@@ -405,11 +444,11 @@ def header(args, names) -> str:
         "",
         f"- platform: {platform.platform()}, {os.cpu_count()} CPUs",
         f"- Python {platform.python_version()}, {libs}, dlexec {version('dlexec')}",
-        f"- backends: {', '.join(TITLES[n] for n in names)}; {args.workers} workers per executor; "
-        "figures are medians",
-        "- the jupyter and datalayer stand-in figures are measured over loopback (127.0.0.1), on this "
-        "machine: they show the protocol's own cost (HTTP, WebSocket, the Jupyter Server's relaying, "
-        "the stand-in's reverse proxy), not a network's",
+        (f"- backends: {', '.join(TITLES[n] for n in names)}; {args.workers} workers per executor; "
+         "figures are medians"),
+        ("- the jupyter and datalayer stand-in figures are measured over loopback (127.0.0.1), on this "
+         "machine: they show the protocol's own cost (HTTP, WebSocket, the Jupyter Server's relaying, "
+         "the stand-in's reverse proxy), not a network's"),
         "- ratio = backend's figure / local's figure (for the transfer rate, > 1 means faster than local)",
     ])
 
@@ -459,7 +498,6 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
     names = args.only or [n for n in BACKENDS if not (n == "datalayer" and args.no_datalayer)]
-    before = jupyter_processes()
     results: dict = {}
     problems: list[str] = []
     left: dict[str, list[str]] = {}
@@ -473,7 +511,7 @@ def main(argv=None) -> int:
             except Exception as exc:  # noqa: BLE001 - e.g. the server did not start
                 problems.append(f"{name}: {type(exc).__name__}: {exc}")
                 print(f"  failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            left[name] = leftovers(before)
+            left[name] = leftovers()
             print(f"  {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     finally:
         if results:

@@ -159,3 +159,25 @@ def _read_until(process: subprocess.Popen, markers: tuple[str, ...], timeout: fl
         process.kill()
         raise AssertionError(f"the script did not get to {markers}: {lines}\n{process.stderr.read()}")
     return lines
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_killing_the_client_deletes_its_kernels_on_a_jupyter_server(jupyter_server, tmp_path, signum, monkeypatch):
+    monkeypatch.setenv("DLEXEC_BACKEND", "jupyter")
+    monkeypatch.setenv("DLEXEC_JUPYTER_URL", jupyter_server.url)
+    monkeypatch.setenv("DLEXEC_JUPYTER_TOKEN", jupyter_server.token)
+    process = _start(PRELUDE + """
+ex = DatalayerExecutor(2)
+show(ex)
+futures = [ex.submit(time.sleep, 60) for _ in range(2)]
+print("READY", flush=True)
+time.sleep(120)
+""", tmp_path)
+    try:
+        _read_until(process, ("READY",))
+        assert len(jupyter_server.kernels()) == 2
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert jupyter_server.kernels() == [], err

@@ -51,11 +51,12 @@ def create_runtime(backend: str | None, name: str, **options) -> Runtime:
 
 
 def prepare(backend: str | None) -> str:
-    """Resolve the backend and do, in the caller's (main) thread, what it needs there:
-    for paid runtimes, a SIGTERM handler that lets the program delete them on exit."""
+    """Resolve the backend and do, in the caller's (main) thread, what it needs there: for
+    remote kernels (a server's or paid runtimes), a SIGTERM handler that lets the program
+    delete them on exit. A local kernel exits by itself when this process does."""
     backend = resolve_backend(backend)
-    if backend == "datalayer":
-        from .datalayer import install_sigterm_handler
+    if backend != "local":
+        from .signals import install_sigterm_handler
 
         install_sigterm_handler()
     return backend

@@ -7,23 +7,20 @@ retrying while a new runtime's ingress still answers 502/503/504 (warming up).
 
 Paid runtimes must never outlive the program that created them. A runtime created here
 is deleted by :meth:`terminate`, when connecting to it fails, and at interpreter exit
-(also after Ctrl-C, and after SIGTERM: the first paid runtime installs a SIGTERM handler
-that exits cleanly when the program has none of its own). One that cannot be deleted is
-reported with its pod name and the command that deletes it.
+(also after Ctrl-C, and after SIGTERM: see :mod:`dlexec.runtimes.signals`). One that
+cannot be deleted is reported with its pod name and the command that deletes it.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
-import signal
-import sys
 import threading
 import time
 import warnings
 
 from ..datalayer import DatalayerClient, DatalayerError, terminate_command
-from ..errors import RuntimeStartError, TerminatedBySignal
+from ..errors import RuntimeStartError
 from .base import Runtime
 from .jupyter import JupyterServerRuntime
 
@@ -34,7 +31,6 @@ WARMING_UP = (502, 503, 504)
 
 _owned: dict[str, DatalayerRuntime] = {}  # pod name -> runtime this process created and has not deleted
 _owned_lock = threading.Lock()
-_sigterm_installed = False
 
 
 class DatalayerRuntime(Runtime):
@@ -211,26 +207,3 @@ def _delete_owned_at_exit() -> None:
         thread.start()
     for thread in threads:
         thread.join(60)
-
-
-def install_sigterm_handler() -> None:
-    """Make SIGTERM exit through the normal shutdown (which deletes paid runtimes).
-
-    Python's default SIGTERM action ends the process at once, skipping every cleanup.
-    Installed once, from the main thread, and only if the program has no handler of its own.
-    """
-    global _sigterm_installed
-    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
-        return
-    _sigterm_installed = True
-    try:
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _on_sigterm)
-    except (ValueError, OSError):  # not the main interpreter, or no signals here
-        pass
-
-
-def _on_sigterm(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-    print("dlexec: SIGTERM received: stopping the runtimes", file=sys.stderr)
-    raise TerminatedBySignal(128 + signum)
