@@ -302,6 +302,9 @@ class JupyterServerRuntime(Runtime):
     def _decode(self, frame) -> tuple[str, dict]:
         if self.subprotocol == V1_SUBPROTOCOL:
             channel, parts = decode_v1(frame)
+            # The four JSON parts as bytes (not every JSON unpacker takes a memoryview);
+            # the buffers stay views into the frame, uncopied.
+            parts[:4] = [bytes(part) for part in parts[:4]]
             return channel, self._session.deserialize([b"", *parts], content=True)
         if isinstance(frame, str):
             msg, buffers = json.loads(frame), []
