@@ -74,7 +74,7 @@ class KernelChannel:
         """Start the kernel, wait until it answers, install the worker and read its versions."""
         self.runtime.start(timeout)
         try:
-            self._wait_ready(timeout)
+            self.wait_ready(timeout)
             self.install_worker(timeout)
         except BaseException:
             self.runtime.terminate()
@@ -94,7 +94,7 @@ class KernelChannel:
         self.info, _ = self.call("info", timeout=timeout)
         check_versions(self.info, self.runtime.id)
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float) -> None:
         """Wait for a ``kernel_info_reply`` and for IOPub to be connected (its first message)."""
         iopub_seen = threading.Event()
         deadline = _Deadline(timeout)
@@ -277,6 +277,11 @@ class KernelChannel:
                 self._exit_callbacks.append(callback)
                 return
         callback(self.exit_reason)
+
+    def forget_pending(self) -> None:
+        """Drop every request in flight (the kernel is being restarted: no reply will come)."""
+        with self._lock:
+            self._pending.clear()
 
     def lost_error(self) -> WorkerLostError:
         reason = self.exit_reason or "the kernel stopped"

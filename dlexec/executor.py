@@ -33,6 +33,7 @@ Data flow::
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import sys
 import threading
@@ -51,7 +52,7 @@ from .modules import user_modules
 from .runtimes import prepare
 from .service import RuntimeService
 from .tracebacks import rebuild_exception
-from .worker import REQUEST
+from .worker import CANCEL, REQUEST
 
 #: Batches in flight per kernel for short tasks: one running, one queued behind it.
 PIPELINE_DEPTH = 2
@@ -60,6 +61,7 @@ MAX_BATCH = 256
 #: How much work (by measured task durations) one batch carries.
 BATCH_SECONDS = 0.05
 
+_log = logging.getLogger("dlexec")
 _global_shutdown = False
 _live_pools: weakref.WeakSet = weakref.WeakSet()
 
@@ -84,11 +86,22 @@ threading._register_atexit(_python_exit)
 
 
 class _WorkItem:
-    __slots__ = ("id", "future", "frames", "uses_user_modules")
+    """A task: its future, its serialized call, its settings, and where it stands."""
 
-    def __init__(self, id: int, future: TaskFuture, frames: list, uses_user_modules: bool):
+    __slots__ = ("id", "future", "frames", "uses_user_modules", "timeout", "max_retries", "deaths",
+                 "requeued", "solo", "sent_at", "worker", "stop_requested")
+
+    def __init__(self, id: int, future: TaskFuture, frames: list, uses_user_modules: bool,
+                 timeout: float | None, max_retries: int):
         self.id, self.future, self.frames = id, future, frames
         self.uses_user_modules = uses_user_modules
+        self.timeout, self.max_retries = timeout, max_retries
+        self.deaths: list[str] = []  # how the runtimes it was running on died
+        self.requeued = False  # back in the queue after its runtime died or restarted (its future runs)
+        self.solo = timeout is not None  # sent alone, to an idle kernel
+        self.sent_at: float | None = None  # time.monotonic() when sent
+        self.worker: _Worker | None = None  # where it is in flight
+        self.stop_requested: float | None = None  # time.monotonic() of interrupt()
 
 
 class _Batch:
@@ -106,10 +119,14 @@ class _Worker:
     def __init__(self, name: str):
         self.name = name
         self.service: RuntimeService | None = None
-        self.state = "starting"  # -> ready -> retiring -> stopped
+        self.state = "starting"  # -> ready (<-> restarting) -> retiring -> stopped
         self.inflight: set[_Batch] = set()
         self.sent = 0  # tasks sent, for max_tasks_per_child
         self.thread: threading.Thread | None = None
+        self.expires_at: float | None = None  # epoch seconds, for runtimes with a reservation
+
+    def pipelinable(self) -> bool:
+        return not any(item.solo for batch in self.inflight for item in batch.items.values())
 
     @property
     def runtime_id(self) -> str:
@@ -122,8 +139,13 @@ class _Pool:
     """The executor's state and scheduling; everything mutable is guarded by ``lock``."""
 
     def __init__(self, max_workers: int, initializer: tuple | None, max_tasks_per_child: int | None,
-                 backend: str | None, start_timeout: float, runtime_options: dict):
+                 backend: str | None, start_timeout: float, runtime_options: dict, *,
+                 task_timeout: float | None = None, max_retries: int = 0, interrupt_grace: float = 5.0,
+                 expiry_margin: float = 60.0):
         self.max_workers = max_workers
+        self.task_timeout, self.max_retries = task_timeout, max_retries
+        self.interrupt_grace, self.expiry_margin = interrupt_grace, expiry_margin
+        self._watchdog: threading.Thread | None = None
         self.initializer_frames, self.initializer_uses_user_modules = None, False
         if initializer is not None:
             modules: set = set()
@@ -158,8 +180,11 @@ class _Pool:
         if _global_shutdown:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def submit(self, fn: Callable, args: tuple, kwargs: dict) -> TaskFuture:
+    def submit(self, fn: Callable, args: tuple, kwargs: dict, timeout: float | None = None,
+               max_retries: int | None = None) -> TaskFuture:
         self.check_open()
+        timeout = self.task_timeout if timeout is None else timeout
+        max_retries = self.max_retries if max_retries is None else max_retries
         future = TaskFuture()
         modules: set = set()
         try:
@@ -167,7 +192,8 @@ class _Pool:
         except Exception as exc:  # noqa: BLE001 - as ProcessPoolExecutor: the future carries it
             future.set_exception(exc)
             return future
-        item = _WorkItem(next(self._ids), future, frames, bool(user_modules(modules)))
+        item = _WorkItem(next(self._ids), future, frames, bool(user_modules(modules)), timeout, max_retries)
+        future._interrupt = partial(self.interrupt, item)
         with self.lock:
             self.check_open()
             self.pending.append(item)
@@ -179,9 +205,14 @@ class _Pool:
     def _dispatch(self) -> None:
         if self.broken:
             return
+        self._retire_expiring()
         depth = self._pipeline_depth()
         while self.pending:
-            free = [w for w in self.workers if w.state == "ready" and len(w.inflight) < depth]
+            if self.pending[0].solo:  # alone, and only to an idle kernel
+                free = [w for w in self.workers if w.state == "ready" and not w.inflight]
+            else:
+                free = [w for w in self.workers
+                        if w.state == "ready" and len(w.inflight) < depth and w.pipelinable()]
             if not free:
                 break
             slots = sum(depth - len(w.inflight) for w in free)
@@ -191,13 +222,18 @@ class _Pool:
                 size = min(size, self.max_tasks_per_child - worker.sent)
             items = []
             while self.pending and len(items) < size:
+                if items and self.pending[0].solo:
+                    break
                 item = self.pending.popleft()
-                if item.future.set_running_or_notify_cancel():  # False: it was cancelled
+                # False: cancelled meanwhile. A requeued item's future is already running.
+                if item.requeued or item.future.set_running_or_notify_cancel():
                     items.append(item)
+                if item.solo:
+                    break
             if items:
                 self._send(worker, items)
         starting = sum(1 for w in self.workers if w.state == "starting")
-        active = sum(1 for w in self.workers if w.state != "stopped")
+        active = sum(1 for w in self.workers if w.state not in ("stopped", "retiring"))
         if self.pending and starting < len(self.pending) and active < self.max_workers:
             self._start_worker()
 
@@ -218,12 +254,15 @@ class _Pool:
         batch = _Batch(items)
         tasks, frames = [], []
         now = time.time()
+        sent_at = time.monotonic()
         for item in items:
-            tasks.append([item.id, len(item.frames)])
-            frames.extend(item.frames)
+            tasks.append([item.id, len(item.frames), item.timeout])
+            frames.extend(item.frames)  # kept until done: a retry sends them again
             item.future.runtime_id = worker.runtime_id
             item.future.started_at = now
-            item.frames = None  # sent: free the payload
+            item.sent_at, item.worker = sent_at, worker
+            if item.timeout is not None:
+                self._watch()
         content = {"op": "run", "tasks": tasks}
         if any(item.uses_user_modules for item in items):
             content["modules"] = worker.service.modules_to_ship()
@@ -256,17 +295,9 @@ class _Pool:
         try:
             service.start()
             service.channel.add_exit_callback(partial(self._on_lost, worker))
-            if self.initializer_frames is not None:
-                modules = service.modules_to_ship() if self.initializer_uses_user_modules else []
-                content, frames = service.channel.call("init", {"modules": modules}, self.initializer_frames)
-                if content.get("status") != "ok":
-                    cause = rebuild_exception(content.get("info") or {}, frames)
-                    error = InitializerFailed(
-                        f"A runtime initializer failed, the pool is not usable anymore: "
-                        f"{type(cause).__name__}: {cause}"
-                    )
-                    error.__cause__ = cause
-                    raise error
+            self._initialize(service)
+            if service.expired_at:
+                worker.expires_at = float(service.expired_at)
         except BaseException as exc:  # noqa: BLE001 - reported through the futures
             service.terminate()
             with self.lock:
@@ -291,6 +322,20 @@ class _Pool:
             self.changed.notify_all()
         if stop:
             service.terminate()
+
+    def _initialize(self, service: RuntimeService) -> None:
+        """Run the initializer in a fresh kernel; InitializerFailed if it raises."""
+        if self.initializer_frames is None:
+            return
+        modules = service.modules_to_ship() if self.initializer_uses_user_modules else []
+        content, frames = service.channel.call("init", {"modules": modules}, self.initializer_frames)
+        if content.get("status") != "ok":
+            cause = rebuild_exception(content.get("info") or {}, frames)
+            error = InitializerFailed(
+                f"A runtime initializer failed, the pool is not usable anymore: {type(cause).__name__}: {cause}"
+            )
+            error.__cause__ = cause
+            raise error
 
     def _on_reply(self, worker: _Worker, batch: _Batch, msg: dict) -> bool:
         """A ``run`` reply (I/O thread): set the futures it reports. True when it is the last."""
@@ -318,11 +363,15 @@ class _Pool:
             batch.items.clear()
         else:
             offset, seconds = 0, 0.0
-            for task_id, status, count, info, elapsed in content["results"]:
-                item = batch.items[task_id]  # removed once its future is set
-                done.append((item, *_outcome(status, info, frames[offset: offset + count])))
+            for task_id, status, count, info, elapsed, out, err in content["results"]:
+                item_frames = frames[offset: offset + count]
                 offset += count
                 seconds += elapsed
+                item = batch.items.get(task_id)  # removed once its future is set
+                if item is None:  # a late reply for a task already settled (its kernel was restarted)
+                    continue
+                item.future.stdout, item.future.stderr = out, err
+                done.append((item, *_outcome(status, info, item_frames, item, worker)))
             if done:
                 sample = seconds / len(done)
                 average = self.task_seconds
@@ -335,7 +384,10 @@ class _Pool:
         now = time.time()
         for item, ok, value in done:
             item.future.finished_at = now
-            if ok:
+            item.frames = item.worker = None
+            if ok is None:
+                item.future._set_cancelled()
+            elif ok:
                 item.future.set_result(value)
             else:
                 item.future.set_exception(value)
@@ -357,17 +409,169 @@ class _Pool:
             threading.Thread(target=worker.service.terminate, daemon=True).start()
 
     def _on_lost(self, worker: _Worker, reason: str) -> None:
-        """A kernel died (I/O thread): the pool is broken, as ProcessPoolExecutor's would be."""
+        """A kernel died (I/O thread).
+
+        With ``max_retries=0`` the pool is broken, as ProcessPoolExecutor's would be. With
+        retries, its tasks go back to the queue (alone, so that a task that kills its
+        kernel is caught and blamed after its retries) and a new kernel takes its place.
+        A runtime that died at its reservation's end loses no task and no retry.
+        """
         with self.lock:
             if worker.state == "stopped" or self.broken:
                 return
-            error = WorkerLostError(
-                "A runtime in the pool terminated abruptly while the future was running or pending: "
-                f"{reason}",
-                runtime_id=worker.runtime_id,
-                reason=reason,
-            )
-            self._break(error)
+            expired = worker.expires_at is not None and time.time() >= worker.expires_at - 1.0
+            items = [item for batch in worker.inflight for item in batch.items.values()]
+            if not expired and not any(item.max_retries for item in items) and self.max_retries == 0:
+                error = WorkerLostError(
+                    "A runtime in the pool terminated abruptly while the future was running or pending: "
+                    f"{reason}",
+                    runtime_id=worker.runtime_id,
+                    reason=reason,
+                )
+                self._break(error)
+                return
+            worker.state = "stopped"
+            worker.inflight.clear()
+            self.workers.remove(worker)
+            failed = []
+            for item in reversed(items):  # back to the front of the queue, in order
+                if not expired:
+                    item.deaths.append(reason)
+                if len(item.deaths) > item.max_retries:
+                    failed.append(item)
+                else:
+                    self._requeue(item, solo=True)
+            self._dispatch()
+            self.changed.notify_all()
+        for item in failed:
+            deaths = len(item.deaths)
+            item.future.set_exception(WorkerLostError(
+                f"this task was running on {deaths} runtime{'s' if deaths > 1 else ''} that died "
+                f"(max_retries={item.max_retries}), so it is the likely cause; the last: {reason}",
+                runtime_id=worker.runtime_id, reason=reason))
+        threading.Thread(target=worker.service.terminate, daemon=True).start()
+
+    def _requeue(self, item: _WorkItem, solo: bool = False) -> None:
+        """Put an item whose kernel went away back at the front of the queue (lock held)."""
+        item.requeued, item.worker, item.sent_at = True, None, None
+        item.solo = item.solo or solo
+        if item.stop_requested is not None:  # it was being stopped anyway
+            item.future._set_cancelled()
+            return
+        self.pending.appendleft(item)
+
+    # -- stopping tasks -------------------------------------------------------------------------
+
+    def interrupt(self, item: _WorkItem) -> bool:
+        """TaskFuture.interrupt: stop the task wherever it is (see there)."""
+        with self.lock:
+            if item.future.done():
+                return False
+            if item.worker is None:  # queued again after its kernel died or restarted
+                try:
+                    self.pending.remove(item)
+                except ValueError:
+                    return False
+                item.frames = None
+                return item.future._set_cancelled()
+            if item.stop_requested is None:
+                item.stop_requested = time.monotonic()
+                channel = item.worker.service.channel
+                try:
+                    channel.request("control", CANCEL, {"task_ids": [item.id]}, on_reply=lambda msg: True)
+                except WorkerLostError:
+                    pass  # its death requeues it, and the requeue cancels it
+                self._watch()
+        return True
+
+    def _watch(self) -> None:
+        """Start the watchdog if it is not running (lock held)."""
+        if self._watchdog is None or not self._watchdog.is_alive():
+            self._watchdog = threading.Thread(target=self._watch_loop, name="dlexec-watchdog", daemon=True)
+            self._watchdog.start()
+
+    def _watch_loop(self) -> None:
+        """Restart kernels that ignore a stop or a timeout; retire runtimes about to expire."""
+        while True:
+            time.sleep(0.2)
+            with self.lock:
+                if self.broken or (self.shutting_down and not any(w.inflight for w in self.workers)):
+                    return
+                now = time.monotonic()
+                stuck = set()
+                for worker in self.workers:
+                    for batch in worker.inflight:
+                        for item in batch.items.values():
+                            if item.stop_requested is not None and now > item.stop_requested + self.interrupt_grace:
+                                stuck.add(worker)
+                            elif item.timeout is not None and item.sent_at is not None and (
+                                    now > item.sent_at + item.timeout + self.interrupt_grace):
+                                stuck.add(worker)
+                for worker in stuck:
+                    if worker.state == "ready" or worker.state == "retiring":
+                        worker.state = "restarting"
+                        threading.Thread(target=self._restart, args=(worker,), daemon=True).start()
+                self._dispatch()  # also retires runtimes about to expire
+                watching = any(item.timeout is not None or item.stop_requested is not None
+                               for w in self.workers for b in w.inflight for item in b.items.values())
+                expiring = any(w.expires_at is not None for w in self.workers)
+                if not watching and not expiring:
+                    self._watchdog = None
+                    return
+
+    def _restart(self, worker: _Worker) -> None:
+        """A task will not stop: restart its kernel; the batch's other tasks go back to the queue."""
+        with self.lock:
+            items = [item for batch in worker.inflight for item in batch.items.values()]
+            for batch in worker.inflight:
+                batch.items.clear()  # late replies from the old kernel are ignored
+            worker.inflight.clear()
+        timed_out = []
+        for item in reversed(items):
+            overdue = item.timeout is not None and item.stop_requested is None
+            if overdue and time.monotonic() > item.sent_at + item.timeout:
+                timed_out.append(item)
+        with self.lock:
+            for item in reversed(items):
+                if item not in timed_out:
+                    self._requeue(item)
+        for item in timed_out:
+            item.frames = item.worker = None
+            item.future.set_exception(TimeoutError(
+                f"the task ran longer than its timeout of {item.timeout:g} s and did not stop when interrupted; "
+                f"its runtime {worker.runtime_id} was restarted"))
+        try:
+            worker.service.restart()
+            self._initialize(worker.service)
+        except BaseException as exc:  # noqa: BLE001 - replace the runtime instead
+            if not self.shutting_down:
+                _log.warning("dlexec: could not restart %s (%s); replacing it", worker.runtime_id, exc)
+            with self.lock:
+                if worker in self.workers:
+                    self.workers.remove(worker)
+                worker.state = "stopped"
+                self._dispatch()
+            worker.service.terminate()
+            return
+        with self.lock:
+            if worker.state == "restarting":
+                worker.state = "ready"
+            self._dispatch()
+            self.changed.notify_all()
+
+    def _retire_expiring(self) -> None:
+        """Give no new work to runtimes whose reservation ends within ``expiry_margin`` (lock held)."""
+        now = time.time()
+        for worker in self.workers:
+            if worker.expires_at is not None and worker.state == "ready" and (
+                    worker.expires_at - now < self.expiry_margin):
+                worker.state = "retiring"
+                if not worker.inflight:
+                    worker.state = "stopped"
+                    self.workers.remove(worker)
+                    threading.Thread(target=worker.service.terminate, daemon=True).start()
+            elif worker.expires_at is not None and worker.state in ("ready", "retiring"):
+                self._watch()
 
     def _break(self, error: BaseException) -> None:
         """Fail every pending and running future with ``error`` and stop every kernel (lock held)."""
@@ -438,8 +642,14 @@ class _Pool:
         self.shutdown(wait=True)
 
 
-def _outcome(status: str, info: dict | None, frames: list) -> tuple[bool, Any]:
-    """``(True, result)`` or ``(False, exception)`` for one task's reply."""
+def _outcome(status: str, info: dict | None, frames: list, item: _WorkItem, worker: _Worker) -> tuple[Any, Any]:
+    """``(True, result)``, ``(False, exception)`` or ``(None, None)`` (cancelled) for one task's reply."""
+    if status == "cancelled":
+        return None, None
+    if status == "timeout":
+        return False, TimeoutError(
+            f"the task ran longer than its timeout of {item.timeout:g} s on runtime {worker.runtime_id}; "
+            "it was stopped there")
     if status == "ok":
         try:
             return True, serialization.loads(frames)
@@ -483,6 +693,10 @@ class DatalayerExecutor(Executor):
         max_tasks_per_child: int | None = None,
         backend: str | None = None,
         start_timeout: float = 60.0,
+        task_timeout: float | None = None,
+        max_retries: int = 0,
+        interrupt_grace: float = 5.0,
+        expiry_margin: float = 60.0,
         **runtime_options: Any,
     ):
         if max_workers is None:
@@ -501,8 +715,14 @@ class DatalayerExecutor(Executor):
         backend = prepare(backend)
         self._max_workers = max_workers
         self._mp_context = mp_context
+        if task_timeout is not None and task_timeout <= 0:
+            raise ValueError("task_timeout must be a positive number of seconds, or None")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError("max_retries must be an integer >= 0")
         self._pool = _Pool(max_workers, None if initializer is None else (initializer, tuple(initargs)),
-                           max_tasks_per_child, backend, start_timeout, runtime_options)
+                           max_tasks_per_child, backend, start_timeout, runtime_options,
+                           task_timeout=task_timeout, max_retries=max_retries, interrupt_grace=interrupt_grace,
+                           expiry_margin=expiry_margin)
         # Garbage collection lets the pending work finish, then stops the kernels.
         self._finalizer = weakref.finalize(self, self._pool.shutdown, False)
 
@@ -519,13 +739,24 @@ class DatalayerExecutor(Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
-        results = super().map(partial(_process_chunk, fn), _get_chunks(*iterables, chunksize=chunksize),
-                              timeout=timeout)
+            return Executor.map(self, fn, *iterables, timeout=timeout)
+        results = Executor.map(self, partial(_process_chunk, fn), _get_chunks(*iterables, chunksize=chunksize),
+                               timeout=timeout)
         return _chain_from_iterable_of_lists(results)
 
+    def options(self, *, timeout: float | None = None, max_retries: int | None = None) -> _Options:
+        """The same ``submit`` and ``map``, with these settings for the tasks sent through them.
+
+        ``timeout``: seconds a task may run; past that it is stopped and its future raises
+        ``TimeoutError``. ``max_retries``: how many dying runtimes a task survives (it is
+        resubmitted to another one). Unset ones keep the executor's defaults.
+        """
+        return _Options(self, timeout, max_retries)
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """As ``ProcessPoolExecutor.shutdown``; afterwards no kernel of this executor runs."""
+        """As ``ProcessPoolExecutor.shutdown``; afterwards no kernel of this executor runs.
+
+        The executors that :meth:`options` returns share it: shutting one down shuts all."""
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
     def __exit__(self, exc_type, exc_val, exc_tb):
@@ -544,3 +775,20 @@ class DatalayerExecutor(Executor):
             pending = len(pool.pending)
         return (f"<DatalayerExecutor {state}: {ready}/{self._max_workers} runtimes ready, "
                 f"{running} running, {pending} pending>")
+
+
+class _Options(Executor):
+    """``executor.options(...)``: submit and map with per-call task settings."""
+
+    def __init__(self, executor: DatalayerExecutor, timeout: float | None, max_retries: int | None):
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be a positive number of seconds, or None")
+        self._executor, self._timeout, self._max_retries = executor, timeout, max_retries
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> TaskFuture:
+        return self._executor._pool.submit(fn, args, kwargs, self._timeout, self._max_retries)
+
+    map = DatalayerExecutor.map
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._executor.shutdown(wait, cancel_futures=cancel_futures)

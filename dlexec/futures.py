@@ -1,16 +1,21 @@
-"""``TaskFuture``: a ``concurrent.futures.Future`` that knows where and when its task ran."""
+"""``TaskFuture``: a ``concurrent.futures.Future`` that can stop its task and knows where it ran."""
 
 from __future__ import annotations
 
 from concurrent.futures import Future
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED
 
 
 class TaskFuture(Future):
     """The future of one task submitted to a :class:`dlexec.DatalayerExecutor`.
 
-    Besides the standard ``Future`` API it records ``runtime_id`` (the runtime that ran
-    the task), and ``started_at``/``finished_at`` (``time.time()`` on this machine when
-    the task was sent and when its result arrived).
+    Besides the standard ``Future`` API:
+
+    - :meth:`interrupt` stops the task even once it runs (``cancel`` keeps its standard
+      meaning and returns False then); ``result()`` then raises ``CancelledError``;
+    - ``stdout`` and ``stderr``: what the task printed (once done);
+    - ``runtime_id``: the runtime that ran it; ``started_at``/``finished_at``:
+      ``time.time()`` here when it was sent and when its outcome arrived.
     """
 
     def __init__(self) -> None:
@@ -18,6 +23,34 @@ class TaskFuture(Future):
         self.runtime_id: str | None = None
         self.started_at: float | None = None
         self.finished_at: float | None = None
+        self.stdout: str = ""
+        self.stderr: str = ""
+        self._interrupt = None  # set by the executor: a callable that stops this task
+
+    def interrupt(self) -> bool:
+        """Stop the task: cancel it if it has not started, interrupt its kernel if it runs.
+
+        Returns False if the task had already finished. The kernel survives and goes on
+        with other work; if the task ignores the interrupt, its kernel is restarted after
+        the executor's ``interrupt_grace`` seconds (other tasks are not lost).
+        """
+        if self.done():
+            return False
+        if self.cancel():
+            return True
+        return self._interrupt() if self._interrupt is not None else False
+
+    def _set_cancelled(self) -> bool:
+        """Move a running future to cancelled (``cancel()`` refuses running ones)."""
+        with self._condition:
+            if self._state in (FINISHED, CANCELLED_AND_NOTIFIED):
+                return False
+            self._state = CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
+        return True
 
     def __repr__(self) -> str:
         text = super().__repr__()

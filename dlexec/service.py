@@ -247,6 +247,16 @@ class RuntimeService:
             )
         return options
 
+    def restart(self) -> None:
+        """Restart the kernel (a fresh interpreter: its variables are gone) and prepare it again."""
+        channel = self.channel
+        channel.forget_pending()
+        channel.runtime.restart(self._start_timeout)
+        channel.wait_ready(self._start_timeout)
+        channel.install_worker(self._start_timeout)
+        with self._modules_lock:
+            self._shipped_modules.clear()
+
     def _ensure_started(self) -> None:
         if self._channel is None:
             self.start()

@@ -25,8 +25,11 @@ Only the standard library, dill and tblib may be imported here.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 
 try:  # imported as part of the dlexec package (tests, local tools)
@@ -36,6 +39,7 @@ except ImportError:  # shipped as source into a kernel
 
 REQUEST = "dlexec_request"
 REPLY = "dlexec_reply"
+CANCEL = "dlexec_cancel"  # on the control channel: stop or skip tasks of the running batch
 FLUSH_INTERVAL = 0.05  # seconds between partial replies while a batch runs
 
 _crash_log = None
@@ -79,6 +83,10 @@ class Worker:
         self.kernel = kernel
         self.user_ns = user_ns
         self.initialized = False
+        self.lock = threading.Lock()  # current/stopping/cancelled: shared with the control thread
+        self.current = None  # the id of the task running now
+        self.stopping = None  # the id of the task a stop request is for
+        self.cancelled: set = set()  # ids of this batch's tasks to skip
         self.finder = SourceFinder()
         sys.meta_path.insert(0, self.finder)  # the user's current code wins over any installed copy
 
@@ -105,42 +113,110 @@ class Worker:
     # -- ops ----------------------------------------------------------------------------
 
     def op_run(self, content, frames, reply):
+        """Run a batch. Each task is ``[task_id, nframes, timeout or None]``; each result
+        ``[task_id, status, nframes, info, seconds, stdout, stderr]``, with status ``ok``,
+        ``error``, ``cancelled`` (stopped or skipped on request) or ``timeout``."""
         results, buffers = [], []
         last_flush = time.monotonic()
         offset = 0
-        for task_id, nframes in content["tasks"]:
-            task_frames = frames[offset : offset + nframes]
-            offset += nframes
-            started = time.perf_counter()
-            status, info, out = self._run_one(task_frames)
-            results.append([task_id, status, len(out), info, time.perf_counter() - started])
-            buffers.extend(out)
-            if time.monotonic() - last_flush > FLUSH_INTERVAL and offset < len(frames):
-                reply.send({"status": "ok", "results": results, "final": False}, buffers)
-                results, buffers = [], []
-                last_flush = time.monotonic()
+        tasks = content["tasks"]
+        with self._task_signals(), _CapturedOutput() as output:
+            for index, (task_id, nframes, timeout) in enumerate(tasks):
+                task_frames = frames[offset : offset + nframes]
+                offset += nframes
+                started = time.perf_counter()
+                output.start()
+                status, info, out = self._run_one(task_id, task_frames, timeout)
+                text, errors = output.stop()
+                results.append([task_id, status, len(out), info, time.perf_counter() - started, text, errors])
+                buffers.extend(out)
+                if time.monotonic() - last_flush > FLUSH_INTERVAL and index + 1 < len(tasks):
+                    reply.send({"status": "ok", "results": results, "final": False}, buffers)
+                    results, buffers = [], []
+                    last_flush = time.monotonic()
         reply.send({"status": "ok", "results": results, "final": True}, buffers)
 
-    def _run_one(self, frames):
+    def _run_one(self, task_id, frames, timeout):
         """Run one task; returns (status, info, frames). Never raises."""
+        with self.lock:
+            if task_id in self.cancelled:
+                self.cancelled.discard(task_id)
+                return "cancelled", None, []
+            self.current, self.stopping = task_id, None
         try:
             try:
                 fn, args, kwargs = serialization.loads(frames)
-            except BaseException as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001
                 return self._error(exc, strip=0)
             try:
-                result = fn(*args, **kwargs)
+                if timeout:
+                    signal.setitimer(signal.ITIMER_REAL, timeout)
+                try:
+                    result = fn(*args, **kwargs)
+                finally:
+                    if timeout:
+                        signal.setitimer(signal.ITIMER_REAL, 0)
+            except _TaskTimeout:
+                return "timeout", {"timeout": timeout}, []
             except BaseException as exc:  # noqa: BLE001
-                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
-                return self._error(exc, strip=1, status=status)
+                if isinstance(exc, KeyboardInterrupt) and self.stopping == task_id:
+                    return "cancelled", None, []
+                return self._error(exc, strip=1)
             try:
                 return "ok", None, serialization.dumps(result)
-            except BaseException as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001
                 error = TypeError(f"the result of the task cannot be serialized: {exc}")
                 error.__cause__ = exc
                 return self._error(error, strip=0)
-        except KeyboardInterrupt as exc:  # an interrupt between the steps above
-            return self._error(exc, strip=0, status="interrupted")
+        except (KeyboardInterrupt, _TaskTimeout) as exc:  # a signal between the steps above
+            if isinstance(exc, _TaskTimeout):
+                return "timeout", {"timeout": timeout}, []
+            return ("cancelled", None, []) if self.stopping == task_id else self._error(exc, strip=0)
+        finally:
+            with self.lock:
+                self.current = None
+
+    # -- stopping tasks (the control channel) ----------------------------------------------
+
+    def handle_cancel(self, stream, idents, msg):
+        """``dlexec_cancel`` on the control channel, answered while a batch runs: stop the
+        running task if it is one of ``task_ids`` (SIGINT), skip the others when reached."""
+        found = {}
+        with self.lock:
+            for task_id in msg["content"].get("task_ids", ()):
+                if task_id == self.current:
+                    self.stopping = task_id
+                    os.kill(os.getpid(), signal.SIGINT)  # wakes sleeps and blocking calls too
+                    found[task_id] = "stopping"
+                else:
+                    self.cancelled.add(task_id)
+                    found[task_id] = "skipped if not done"
+        self.kernel.session.send(stream, "dlexec_cancel_reply", {"status": "ok", "tasks": found},
+                                 parent=msg, ident=idents)
+
+    @contextlib.contextmanager
+    def _task_signals(self):
+        """SIGINT stops the running task only if it was meant for it; SIGALRM is a timeout."""
+
+        def on_sigint(signum, frame):
+            if self.stopping is not None and self.stopping != self.current:
+                return  # a stop request for a task that has finished meanwhile
+            raise KeyboardInterrupt
+
+        def on_sigalrm(signum, frame):
+            if self.current is not None:
+                raise _TaskTimeout
+
+        previous = signal.signal(signal.SIGINT, on_sigint), signal.signal(signal.SIGALRM, on_sigalrm)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGINT, previous[0])
+            signal.signal(signal.SIGALRM, previous[1])
+            with self.lock:
+                self.cancelled.clear()
+                self.stopping = None
 
     @staticmethod
     def _error(exc, strip, status="error"):
@@ -210,6 +286,50 @@ class Worker:
         )
 
 
+class _TaskTimeout(BaseException):
+    """Raised in a task by SIGALRM when it runs past its timeout."""
+
+
+class _CapturedOutput:
+    """Keeps what each task prints (for ``TaskFuture.stdout``/``stderr``), while letting it
+    through to the kernel's own streams, which show it live on the client."""
+
+    def __init__(self):
+        self.parts = {"stdout": [], "stderr": []}
+
+    def __enter__(self):
+        self.saved = sys.stdout, sys.stderr
+        sys.stdout = _Tee(sys.stdout, self.parts["stdout"])
+        sys.stderr = _Tee(sys.stderr, self.parts["stderr"])
+        return self
+
+    def __exit__(self, *exc_info):
+        sys.stdout, sys.stderr = self.saved
+
+    def start(self):
+        self.parts["stdout"].clear()
+        self.parts["stderr"].clear()
+
+    def stop(self):
+        return "".join(self.parts["stdout"]), "".join(self.parts["stderr"])
+
+
+class _Tee:
+    def __init__(self, stream, parts: list):
+        self._stream, self._parts = stream, parts
+
+    def write(self, text):
+        self._parts.append(text)
+        return self._stream.write(text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 class _Reply:
     """Sends ``dlexec_reply`` messages to one request, on the shell channel."""
 
@@ -251,4 +371,5 @@ def install(settings: dict) -> dict:
         kernel._execute_sleep = 0
     worker = Worker(kernel, ip.user_ns)
     kernel.shell_handlers[REQUEST] = worker.handle
+    kernel.control_handlers[CANCEL] = worker.handle_cancel
     return {"pid": os.getpid(), "python": list(sys.version_info[:3])}

@@ -160,3 +160,8 @@ def backend(request, tmp_path_factory):
         patch.delenv("DLEXEC_BACKEND", raising=False)
     yield request.param
     patch.undo()
+    if request.param == "jupyter":  # the module's executors deleted every kernel they started
+        deadline = time.monotonic() + 15
+        while server.kernels() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert server.kernels() == [], "kernels left on the Jupyter Server"

@@ -386,7 +386,7 @@ def test_package_exports():
 
 
 def test_a_reply_that_cannot_be_handled_fails_its_futures_instead_of_hanging(executor, monkeypatch):
-    def broken_outcome(status, info, frames):
+    def broken_outcome(*args):
         raise ValueError("simulated client bug")
 
     monkeypatch.setattr(dlexec.executor, "_outcome", broken_outcome)

@@ -21,6 +21,7 @@ import queue
 import socket
 import struct
 import threading
+import time
 import urllib.parse
 
 import requests
@@ -76,7 +77,7 @@ class JupyterServerRuntime(Runtime):
         self._outbox: queue.Queue = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._stopping = False
-        self._restarting = False
+        self._restart_until = 0.0  # time.monotonic() until which a restart is expected
         self._exit_reason: str | None = None
         self._lock = threading.Lock()
         self._terminate_lock = threading.Lock()
@@ -166,14 +167,15 @@ class JupyterServerRuntime(Runtime):
             self._check(self._request("POST", f"/api/kernels/{self.kernel_id}/interrupt"), "interrupting the kernel")
 
     def restart(self, timeout: float = 60.0) -> None:
-        self._restarting = True  # the server's "restarting" status is ours, not a death
+        # The server's "restarting" status in the next seconds is ours, not a death.
+        self._restart_until = time.monotonic() + timeout
         try:
             self._check(
                 self._request("POST", f"/api/kernels/{self.kernel_id}/restart", timeout=timeout),
                 "restarting the kernel",
             )
         finally:
-            self._restarting = False
+            self._restart_until = time.monotonic() + 10.0
 
     def is_alive(self) -> bool:
         if self.kernel_id is None or self._exit_reason is not None:
@@ -207,13 +209,25 @@ class JupyterServerRuntime(Runtime):
             if thread is not threading.current_thread():
                 thread.join(timeout=5)
         if self.kernel_id:
+            self._delete_kernel()
+        self._http.close()
+
+    def _delete_kernel(self, attempts: int = 6) -> None:
+        """DELETE the kernel, retrying while the server cannot (e.g. it is restarting a dead one)."""
+        delay = 0.25
+        for attempt in range(attempts):
             try:
                 response = self._request("DELETE", f"/api/kernels/{self.kernel_id}", timeout=10)
-                if response.status_code not in (204, 404, 410):
-                    _log.warning("dlexec: deleting kernel %s answered %s", self.id, response.status_code)
             except requests.RequestException as exc:
-                _log.warning("dlexec: could not delete kernel %s: %s", self.id, exc)
-        self._http.close()
+                problem = str(exc)
+            else:
+                if response.status_code in (204, 404, 410):
+                    return
+                problem = f"status {response.status_code}"
+            if attempt + 1 < attempts:
+                time.sleep(delay)
+                delay *= 2
+        _log.warning("dlexec: could not delete kernel %s (%s); it may still run on %s", self.id, problem, self.url)
 
     def describe(self) -> dict:
         return {**super().describe(), "kernel_id": self.kernel_id, "url": self.url, "subprotocol": self.subprotocol}
@@ -247,7 +261,7 @@ class JupyterServerRuntime(Runtime):
                     continue
                 if channel == "iopub" and msg["header"]["msg_type"] == "status":
                     state = msg["content"].get("execution_state")
-                    if state in ("restarting", "dead") and not self._restarting:
+                    if state in ("restarting", "dead") and time.monotonic() > self._restart_until:
                         self._died(f"kernel {self.id} died (the server reported it {state})")
                         return
                 try:
