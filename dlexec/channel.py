@@ -183,8 +183,6 @@ class KernelChannel:
         the call waits ``interrupt_grace`` seconds more for the interrupted reply; the reply
         then has ``status: "timeout"``.
         """
-        from nbformat.v4 import output_from_msg
-
         outputs: list[dict] = []
         displays: dict[str, list[dict]] = {}  # display_id -> its outputs, for updates
         state = {"reply": None, "idle": False}
@@ -202,7 +200,7 @@ class KernelChannel:
             if msg_type == "clear_output":
                 outputs.clear()
             elif msg_type in ("stream", "display_data", "execute_result", "error"):
-                output = output_from_msg(msg)
+                output = _output_from_msg(msg)
                 _merge_output(outputs, output)
                 display_id = (msg["content"].get("transient") or {}).get("display_id")
                 if display_id:
@@ -348,6 +346,21 @@ def _echo_stream(content: dict) -> None:
         out.flush()
     except Exception:  # noqa: BLE001 - a closed stdout must not break the I/O thread
         pass
+
+
+def _output_from_msg(msg: dict) -> dict:
+    """An nbformat v4 output from an IOPub message (as ``nbformat.v4.output_from_msg``,
+    whose import pulls in jsonschema and takes seconds: too slow for every kernel start)."""
+    msg_type, content = msg["header"]["msg_type"], msg["content"]
+    if msg_type == "stream":
+        return {"output_type": "stream", "name": content["name"], "text": content["text"]}
+    if msg_type == "error":
+        return {"output_type": "error", "ename": content.get("ename", ""), "evalue": content.get("evalue", ""),
+                "traceback": content.get("traceback", [])}
+    output = {"output_type": msg_type, "metadata": content.get("metadata", {}), "data": content.get("data", {})}
+    if msg_type == "execute_result":
+        output["execution_count"] = content.get("execution_count")
+    return output
 
 
 def _merge_output(outputs: list[dict], output: dict) -> None:

@@ -124,6 +124,7 @@ class _Worker:
         self.sent = 0  # tasks sent, for max_tasks_per_child
         self.thread: threading.Thread | None = None
         self.expires_at: float | None = None  # epoch seconds, for runtimes with a reservation
+        self.expiry_margin = 0.0  # seconds before expires_at from which it gets no new work
 
     def pipelinable(self) -> bool:
         return not any(item.solo for batch in self.inflight for item in batch.items.values())
@@ -298,6 +299,10 @@ class _Pool:
             self._initialize(service)
             if service.expired_at:
                 worker.expires_at = float(service.expired_at)
+                # Each runtime works for at least half its reservation, whatever the margin:
+                # otherwise a short reservation would be retired as soon as it is up, again and again.
+                reserved = worker.expires_at - float(service.started_at or time.time())
+                worker.expiry_margin = min(self.expiry_margin, max(0.0, reserved / 2))
         except BaseException as exc:  # noqa: BLE001 - reported through the futures
             service.terminate()
             with self.lock:
@@ -564,7 +569,7 @@ class _Pool:
         now = time.time()
         for worker in self.workers:
             if worker.expires_at is not None and worker.state == "ready" and (
-                    worker.expires_at - now < self.expiry_margin):
+                    worker.expires_at - now < worker.expiry_margin):
                 worker.state = "retiring"
                 if not worker.inflight:
                     worker.state = "stopped"

@@ -170,6 +170,31 @@ def test_an_expired_runtime_fails_its_tasks_clearly(datalayer_env):
             running.result(timeout=60)
 
 
+def nap(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+def test_runtimes_about_to_expire_get_no_new_work_and_are_replaced(datalayer_env):
+    # A 24 s reservation gets no new work in its last 12 s (a margin is capped at half the
+    # reservation): 12 s of work needs a second runtime; no task is lost.
+    before = len(_created(datalayer_env))
+    with DatalayerExecutor(1, time_reservation=0.4, expiry_margin=20) as ex:
+        futures = [ex.submit(nap, 0.5, i) for i in range(24)]
+        assert [f.result(timeout=150) for f in futures] == list(range(24))
+        assert len({f.runtime_id for f in futures}) >= 2
+    assert len(_created(datalayer_env)) - before >= 2
+
+
+def test_a_task_cut_short_by_expiry_runs_again_elsewhere(datalayer_env):
+    # No margin: the runtime (15 s) expires under a running task, which is not lost and
+    # does not count as a failure (max_retries=0 would otherwise break the pool).
+    with DatalayerExecutor(1, time_reservation=0.25, expiry_margin=0) as ex:
+        futures = [ex.submit(nap, 4, i) for i in range(4)]
+        assert [f.result(timeout=150) for f in futures] == list(range(4))
+        assert len({f.runtime_id for f in futures}) >= 2
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_killing_the_client_deletes_its_runtimes(datalayer_env, tmp_path, signum):
     process = _start(PRELUDE + """

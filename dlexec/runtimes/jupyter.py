@@ -314,6 +314,10 @@ class JupyterServerRuntime(Runtime):
         return encode_json_binary(self._session.pack(wire), buffers)
 
     def _decode(self, frame) -> tuple[str, dict]:
+        if isinstance(frame, bytes):
+            # Buffers become NumPy arrays and such: over a read-only frame they would be
+            # read-only, unlike a ProcessPoolExecutor's results. One copy makes them writable.
+            frame = bytearray(frame)
         if self.subprotocol == V1_SUBPROTOCOL:
             channel, parts = decode_v1(frame)
             # The four JSON parts as bytes (not every JSON unpacker takes a memoryview);
