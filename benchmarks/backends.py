@@ -30,7 +30,8 @@ protocol (HTTP, WebSocket, the server's relaying, the stand-in's proxy) costs, n
 
 Usage::
 
-    python benchmarks/backends.py [--no-datalayer] [--workers 2] [--quick] [--json out.json]
+    python benchmarks/backends.py [--no-datalayer] [--only local|jupyter|datalayer] [--workers 2]
+                                  [--payload-mb 64] [--no-reference] [--quick] [--json out.json]
 
 Every executor, server and stand-in is stopped, also on errors, Ctrl-C and SIGTERM; after
 each backend, the script lists the jupyter/ipykernel processes that appeared during the run
@@ -139,23 +140,32 @@ TITLES = {"local": "local", "jupyter": "jupyter", "datalayer": "datalayer stand-
 
 
 def bare_local(calls: int) -> float:
-    """Median ms of ``kernel_info_request`` round trips to a local ipykernel over ZeroMQ (jupyter-client)."""
-    from jupyter_client.manager import start_new_kernel
+    """Median ms of ``kernel_info_request`` round trips to a local ipykernel over ZeroMQ
+    (jupyter-client's blocking client; IPC sockets, as dlexec's local backend uses)."""
+    from jupyter_client import KernelManager
 
-    km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60)
-    try:
-        track()
-        for _ in range(20):
-            kc.kernel_info(reply=True, timeout=TIMEOUT)
-        times = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            kc.kernel_info(reply=True, timeout=TIMEOUT)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times) * 1000
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
+    with tempfile.TemporaryDirectory(prefix="dlexec-bench-ipc-") as tmp:
+        km = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(tmp, "kernel"))
+        kc = None
+        try:
+            km.start_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            kc = km.client()
+            kc.start_channels()
+            kc.wait_for_ready(timeout=60)
+            track()
+            for _ in range(20):
+                kc.kernel_info(reply=True, timeout=TIMEOUT)
+            times = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                kc.kernel_info(reply=True, timeout=TIMEOUT)
+                times.append(time.perf_counter() - start)
+            return statistics.median(times) * 1000
+        finally:
+            if kc is not None:
+                kc.stop_channels()
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
 
 
 class _QuickAckSocket(socket.socket):
@@ -422,12 +432,24 @@ def rows(args) -> list[tuple[str, str]]:
 
 def fmt(value) -> str:
     if value is None:
-        return "error"
+        return "n/a"
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
 def ratio(a, b) -> str:
     return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+
+
+def checkout() -> str:
+    """This checkout's commit, and whether dlexec/ had uncommitted changes (read at start-up)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "dlexec"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"(commit {commit}{', with uncommitted changes in dlexec/' if dirty else ''})"
 
 
 def header(args, names) -> str:
@@ -443,13 +465,14 @@ def header(args, names) -> str:
         f"# dlexec backends benchmark, {datetime.datetime.now().isoformat(timespec='seconds')}",
         "",
         f"- platform: {platform.platform()}, {os.cpu_count()} CPUs",
-        f"- Python {platform.python_version()}, {libs}, dlexec {version('dlexec')}",
+        f"- Python {platform.python_version()}, {libs}, dlexec {version('dlexec')}{' ' + args.checkout if args.checkout else ''}",
         (f"- backends: {', '.join(TITLES[n] for n in names)}; {args.workers} workers per executor; "
          "figures are medians"),
         ("- the jupyter and datalayer stand-in figures are measured over loopback (127.0.0.1), on this "
          "machine: they show the protocol's own cost (HTTP, WebSocket, the Jupyter Server's relaying, "
          "the stand-in's reverse proxy), not a network's"),
-        "- ratio = backend's figure / local's figure (for the transfer rate, > 1 means faster than local)",
+        ("- ratio = backend's figure / local's figure (for the transfer rate, > 1 means faster than local); "
+         "n/a = not measured (see Problems below the table)"),
     ])
 
 
@@ -494,6 +517,7 @@ def main(argv=None) -> int:
     args.repeat = 1 if args.quick else 3
     args.tasks = 500 if args.quick else 2_000
 
+    args.checkout = checkout()
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
