@@ -19,10 +19,17 @@ from .errors import (
 )
 from .executor import DatalayerExecutor
 from .futures import TaskFuture
+from .joblib_backend import register_joblib
 from .service import ExecutionResponse, RuntimeService
 from .snapshots import RuntimeSnapshotModel
 
 __version__ = "0.1.0"
+
+# The "datalayer" joblib backend is there as soon as dlexec is imported, if joblib is installed.
+try:
+    register_joblib()
+except ImportError:
+    pass
 
 __all__ = [
     "AuthenticationError",
@@ -39,4 +46,5 @@ __all__ = [
     "RuntimeStartError",
     "TaskFuture",
     "WorkerLostError",
+    "register_joblib",
 ]

@@ -607,17 +607,18 @@ class _Pool:
     # -- shutdown ---------------------------------------------------------------------------
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        cancelled = []
         with self.lock:
             self.shutting_down = True
             if cancel_futures:
-                for item in self.pending:
-                    item.future.cancel()
+                cancelled = list(self.pending)
                 self.pending.clear()
             if self._finisher is None:
                 self._finisher = threading.Thread(target=self._finish, name="dlexec-shutdown", daemon=True)
                 self._finisher.start()
             finisher = self._finisher
             self.changed.notify_all()
+        _cancel(cancelled)  # outside the lock: the futures' callbacks may call back into the executor
         if wait:
             finisher.join()
 
@@ -640,11 +641,19 @@ class _Pool:
         """Stop at once: cancel what has not started, fail what runs, stop every kernel."""
         with self.lock:
             self.shutting_down = True
-            for item in self.pending:
-                item.future.cancel()
+            cancelled = list(self.pending)
             self.pending.clear()
             self._break(WorkerLostError("the executor was stopped while the task was running"))
+        _cancel(cancelled)
         self.shutdown(wait=True)
+
+
+def _cancel(items: list[_WorkItem]) -> None:
+    """Cancel queued items; a requeued one (its future already runs) is marked cancelled."""
+    for item in items:
+        item.frames = None
+        if not item.future.cancel():
+            item.future._set_cancelled()
 
 
 def _outcome(status: str, info: dict | None, frames: list, item: _WorkItem, worker: _Worker) -> tuple[Any, Any]:

@@ -172,7 +172,9 @@ class LocalRuntime(Runtime):
                     if process is not None and process.poll() is None:
                         _kill_group(process, getattr(km.provisioner, "pgid", None))
                         process.wait(timeout=5)
-                    km.cleanup_resources(restart=False)
+                # No km.cleanup_resources(): removing the private directory below removes the
+                # connection file and sockets, without an asyncio loop per call (jupyter-client's
+                # sync wrappers leave one unclosed in every thread).
             except Exception:  # noqa: BLE001 - termination must not raise, but say why
                 _log.warning("dlexec: could not stop kernel %s", self.id, exc_info=True)
         for fd in (self._wake_r, self._wake_w):
