@@ -48,7 +48,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -62,6 +61,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's dlexec, and tests.conftest / tests.datalayer_standin
+
+from dlexec.runtimes.jupyter import _connect_tcp  # noqa: E402
 
 #: Generous bound on any single wait, so that a hang becomes an error instead of a stuck run.
 TIMEOUT = 300.0
@@ -168,21 +169,6 @@ def bare_local(calls: int) -> float:
                 km.shutdown_kernel(now=True)
 
 
-class _QuickAckSocket(socket.socket):
-    """Acknowledge received data at once (Linux delays ACKs by up to 40 ms, and Jupyter Server
-    does not disable Nagle's algorithm on its side); dlexec's jupyter backend does the same."""
-
-    if hasattr(socket, "TCP_QUICKACK"):
-
-        def recv(self, bufsize, flags=0):
-            self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-            return super().recv(bufsize, flags)
-
-        def recv_into(self, buffer, nbytes=0, flags=0):
-            self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-            return super().recv_into(buffer, nbytes, flags)
-
-
 def bare_websocket(base_url: str, token: str, calls: int) -> float:
     """Median ms of ``kernel_info_request`` round trips over a Jupyter Server's kernel WebSocket
     (default JSON protocol), to a kernel started and deleted here through the REST API."""
@@ -204,9 +190,7 @@ def bare_websocket(base_url: str, token: str, calls: int) -> float:
         parts = urllib.parse.urlsplit(base_url)
         session = uuid.uuid4().hex
         ws_url = f"ws://{parts.netloc}{parts.path}/api/kernels/{kernel_id}/channels?session_id={session}"
-        sock = _QuickAckSocket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.connect((parts.hostname, parts.port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = _connect_tcp(parts.hostname, parts.port, 60)  # dlexec's socket: quick ACKs, no Nagle
         with connect(ws_url, sock=sock, additional_headers={"Authorization": f"token {token}"},
                      max_size=None, compression=None, open_timeout=60) as ws:
             track()

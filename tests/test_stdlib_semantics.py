@@ -41,6 +41,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import pid_alive
+
 import dlexec
 from dlexec import DatalayerExecutor
 
@@ -295,20 +297,6 @@ def wait_until(predicate, timeout=30.0, interval=0.02) -> bool:
             return False
         time.sleep(interval)
     return True
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purpose
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[1][0] != "Z"
-    except OSError:
-        return True
 
 
 def assert_gone(pids, timeout=30.0):
