@@ -165,3 +165,13 @@ def backend(request, tmp_path_factory):
         while server.kernels() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert server.kernels() == [], "kernels left on the Jupyter Server"
+
+
+@pytest.fixture(scope="module")
+def standin():
+    """A local stand-in of the Datalayer API (its runtimes are real Jupyter Servers), per module."""
+    from .datalayer_standin import DatalayerStandIn
+
+    with DatalayerStandIn(token="secret-token") as dl:
+        yield dl
+        assert dl.live_runtimes() == [], "a test left a runtime running"

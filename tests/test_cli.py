@@ -12,27 +12,19 @@ import pytest
 
 import dlexec
 from dlexec.cli import main
-from tests.datalayer_standin import DatalayerStandIn
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def dl():
-    with DatalayerStandIn(token="secret-token") as standin:
-        yield standin
-        assert standin.live_runtimes() == [], "a test left a runtime running"
-
-
 @pytest.fixture(autouse=True)
-def env(dl, monkeypatch):
+def env(standin, monkeypatch):
     """The stand-in's URLs and token, the way users configure the command line."""
     monkeypatch.delenv("DATALAYER_EXTERNAL_TOKEN", raising=False)
-    for name, value in dl.env_vars().items():
+    for name, value in standin.env_vars().items():
         monkeypatch.setenv(name, value)
     yield
-    dl.fail_deletes = False
+    standin.fail_deletes = False
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -55,10 +47,10 @@ def test_version(capsys):
     assert info.value.code == 0 and capsys.readouterr().out.strip() == f"dlexec {dlexec.__version__}"
 
 
-def test_whoami_table_and_json(capsys, dl):
+def test_whoami_table_and_json(capsys, standin):
     status, out, _ = run(capsys, "whoami")
     assert status == 0
-    assert "handle  standin-user" in out and "name    Stand In" in out and f"server  {dl.url}" in out
+    assert "handle  standin-user" in out and "name    Stand In" in out and f"server  {standin.url}" in out
     status, out, _ = run(capsys, "whoami", "--json")
     assert status == 0 and json.loads(out)["handle_s"] == "standin-user"
 
@@ -75,15 +67,15 @@ def test_envs_table_is_aligned(capsys):
     assert [env["name"] for env in json.loads(out)] == ["python-cpu-env", "python-gpu-env"]
 
 
-def test_runtime_create_list_snapshot_terminate(capsys, dl):
+def test_runtime_create_list_snapshot_terminate(capsys, standin):
     assert run(capsys, "runtimes", "ls") == (0, "no runtimes\n", "")
     status, out, _ = run(capsys, "runtimes", "create", "python-cpu-env", "--name", "cli-rt", "--time-reservation", "1")
     try:
         assert status == 0
-        [runtime] = dl.live_runtimes()
+        [runtime] = standin.live_runtimes()
         pod = runtime["pod_name"]
         assert f"terminate it with: dlexec runtimes terminate {pod}" in out
-        post = [r for r in dl.requests if r[0] == "POST" and r[1].endswith("/runtimes")][-1]
+        post = [r for r in standin.requests if r[0] == "POST" and r[1].endswith("/runtimes")][-1]
         assert post[2]["credits_limit"] == pytest.approx(0.6) and post[2]["given_name"] == "cli-rt"
 
         status, out, _ = run(capsys, "runtimes", "ls")
@@ -97,23 +89,23 @@ def test_runtime_create_list_snapshot_terminate(capsys, dl):
 
         status, out, _ = run(capsys, "snapshots", "create", pod, "--name", "cli-snap", "--no-stop")
         assert status == 0 and out.splitlines()[0].split() == ["UID", "NAME", "ENVIRONMENT", "STATUS", "DESCRIPTION"]
-        assert "cli-snap" in out and dl.live_runtimes() != []  # --no-stop: still running
-        assert dl.requests[-2][2]["stop"] is False
+        assert "cli-snap" in out and standin.live_runtimes() != []  # --no-stop: still running
+        assert standin.requests[-2][2]["stop"] is False
         status, out, _ = run(capsys, "snapshots", "ls", "--json")
         assert [s["name"] for s in json.loads(out)] == ["cli-snap"]
         assert run(capsys, "snapshots", "delete", "cli-snap") == (0, "deleted snapshot cli-snap\n", "")
         assert run(capsys, "snapshots", "ls") == (0, "no snapshots\n", "")
 
-        dl.fail_deletes = True
+        standin.fail_deletes = True
         status, out, err = run(capsys, "runtimes", "terminate", "--all")
         assert status == 1 and out == "" and "Traceback" not in err
-        assert err.startswith(f"dlexec: Datalayer API: DELETE {dl.url}/api/runtimes/v1/runtimes/{pod} failed with 500:")
-        dl.fail_deletes = False
+        assert err.startswith(f"dlexec: Datalayer API: DELETE {standin.url}/api/runtimes/v1/runtimes/{pod} failed with 500:")
+        standin.fail_deletes = False
         assert run(capsys, "runtimes", "terminate", "--all") == (0, f"terminated {pod}\n", "")
-        assert dl.live_runtimes() == []
+        assert standin.live_runtimes() == []
     finally:
-        dl.fail_deletes = False
-        for runtime in dl.live_runtimes():
+        standin.fail_deletes = False
+        for runtime in standin.live_runtimes():
             main(["runtimes", "terminate", runtime["pod_name"]])
     assert run(capsys, "runtimes", "terminate", pod) == (0, f"{pod}: already gone\n", "")
     assert run(capsys, "runtimes", "terminate", "--all") == (0, "no runtimes\n", "")
@@ -121,14 +113,14 @@ def test_runtime_create_list_snapshot_terminate(capsys, dl):
     assert status == 0 and json.loads(out) == [{"pod_name": pod, "deleted": False}]
 
 
-def test_api_errors_are_one_line_without_traceback(capsys, dl, monkeypatch):
+def test_api_errors_are_one_line_without_traceback(capsys, standin, monkeypatch):
     status, out, err = run(capsys, "--token", "wrong-token", "whoami")
     assert status == 1 and out == "" and "Traceback" not in err
-    assert err.startswith(f"dlexec: Datalayer API: GET {dl.url}/api/iam/v1/whoami failed with 401:")
+    assert err.startswith(f"dlexec: Datalayer API: GET {standin.url}/api/iam/v1/whoami failed with 401:")
     assert "DATALAYER_API_KEY" in err
 
-    dl.fail_next("GET", r"/environments$", 500, "database is down")
-    url = f"{dl.url}/api/runtimes/v1/environments"
+    standin.fail_next("GET", r"/environments$", 500, "database is down")
+    url = f"{standin.url}/api/runtimes/v1/environments"
     assert run(capsys, "envs", "ls") == (1, "", f"dlexec: Datalayer API: GET {url} failed with 500: database is down\n")
 
     status, _, err = run(capsys, "runtimes", "create", "nope")
@@ -139,7 +131,7 @@ def test_api_errors_are_one_line_without_traceback(capsys, dl, monkeypatch):
     assert status == 1 and err.startswith("dlexec: Datalayer API: no token: set DATALAYER_API_KEY")
     monkeypatch.delenv("DATALAYER_RUN_URL")
     monkeypatch.delenv("DATALAYER_IAM_URL")
-    assert run(capsys, "--token", dl.token, "--run-url", dl.url, "runtimes", "ls") == (0, "no runtimes\n", "")
+    assert run(capsys, "--token", standin.token, "--run-url", standin.url, "runtimes", "ls") == (0, "no runtimes\n", "")
 
 
 @pytest.mark.parametrize("argv", [["bogus"], ["runtimes", "terminate"], ["runtimes", "terminate", "x", "--all"],

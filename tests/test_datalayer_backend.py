@@ -20,17 +20,9 @@ from dlexec.datalayer import DatalayerClient
 from dlexec.runtimes import datalayer as datalayer_backend
 
 from .conftest import kernel_pids
-from .datalayer_standin import DatalayerStandIn
 from .test_leaks import PRELUDE, _read_until, _start
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def standin():
-    with DatalayerStandIn(token="secret-token") as dl:
-        yield dl
-        assert dl.live_runtimes() == [], "a test left a runtime running"
 
 
 @pytest.fixture
