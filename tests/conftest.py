@@ -14,6 +14,15 @@ import pytest
 import dlexec
 
 ROOT = Path(__file__).resolve().parent.parent
+EXIT_DEADLINE = 300  # seconds the test process may take to exit after the last test
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A process that does not exit after its tests is a bug (an unjoined thread, a blocked
+    finalizer): dump every thread's stack and fail, rather than hang until CI's deadline."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(EXIT_DEADLINE, exit=True)
 
 
 @pytest.fixture(scope="module")

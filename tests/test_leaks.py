@@ -183,3 +183,30 @@ time.sleep(120)
     finally:
         process.kill()
     assert ours & {k["id"] for k in jupyter_server.kernels()} == set(), err
+
+
+def test_a_stopped_kernel_leaves_no_sockets_or_files_open(tmp_path):
+    # Left to the garbage collector, a kernel manager's ZeroMQ context can block forever in
+    # zmq_ctx_term (it did at interpreter exit in CI); so everything is closed when stopped.
+    result = run_script(
+        """
+        import gc, os, time
+        from dlexec.runtimes.local import LocalRuntime
+
+        def start_and_stop():
+            runtime = LocalRuntime("fds")
+            runtime.start()
+            runtime.terminate()
+
+        start_and_stop()  # the first one creates what is shared (the ZeroMQ context)
+        gc.disable()  # nothing is closed by collecting reference cycles
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            start_and_stop()
+        time.sleep(0.5)
+        print("LEAKED", len(os.listdir("/proc/self/fd")) - before)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "LEAKED 0" in result.stdout, result.stdout

@@ -93,6 +93,10 @@ class LocalRuntime(Runtime):
             transport=transport,
             ip=ip,
             connection_file=os.path.join(self._dir, "connection.json"),
+            # The process-wide context, never one per kernel: a context that the garbage
+            # collector finalizes while one of its sockets is still open blocks forever in
+            # zmq_ctx_term (a KernelManager in a reference cycle does exactly that).
+            context=zmq.Context.instance(),
         )
         self._km = km
         env = dict(os.environ if self.env is None else self.env)
@@ -174,7 +178,9 @@ class LocalRuntime(Runtime):
                         process.wait(timeout=5)
                 # No km.cleanup_resources(): removing the private directory below removes the
                 # connection file and sockets, without an asyncio loop per call (jupyter-client's
-                # sync wrappers leave one unclosed in every thread).
+                # sync wrappers leave one unclosed in every thread). Its control socket is closed
+                # here, not left to the garbage collector.
+                km._close_control_socket()
             except Exception:  # noqa: BLE001 - termination must not raise, but say why
                 _log.warning("dlexec: could not stop kernel %s", self.id, exc_info=True)
         for fd in (self._wake_r, self._wake_w):
