@@ -20,8 +20,12 @@ from .errors import (
 from .executor import DatalayerExecutor
 from .futures import TaskFuture
 from .joblib_backend import register_joblib
+from .progress import progress
+from .reusable import get_reusable_executor
+from .serialization import Shared
 from .service import ExecutionResponse, RuntimeService
 from .snapshots import RuntimeSnapshotModel
+from .stats import ExecutorStats, RuntimeStats
 
 __version__ = "0.1.0"
 
@@ -39,12 +43,17 @@ __all__ = [
     "DatalayerExecutor",
     "ExecutionError",
     "ExecutionResponse",
+    "ExecutorStats",
     "InitializerFailed",
     "RemoteError",
     "RuntimeService",
+    "RuntimeStats",
     "RuntimeSnapshotModel",
     "RuntimeStartError",
+    "Shared",
     "TaskFuture",
     "WorkerLostError",
+    "get_reusable_executor",
+    "progress",
     "register_joblib",
 ]

@@ -46,10 +46,13 @@ from functools import partial
 from typing import Any, Callable
 
 from . import serialization
+from .callables import CallableCache
 from .errors import InitializerFailed, TerminatedBySignal, WorkerLostError
 from .futures import TaskFuture
 from .modules import user_modules
 from .runtimes import prepare
+from .serialization import Blob, Shared
+from .stats import ExecutorStats, RuntimeStats, executor_html
 from .service import RuntimeService
 from .tracebacks import rebuild_exception
 from .worker import CANCEL, REQUEST
@@ -60,6 +63,9 @@ PIPELINE_DEPTH = 2
 MAX_BATCH = 256
 #: How much work (by measured task durations) one batch carries.
 BATCH_SECONDS = 0.05
+#: Blobs (callables, shared objects) a runtime keeps: past either bound, it starts afresh.
+BLOB_CACHE_ITEMS = 256
+BLOB_CACHE_BYTES = 1 << 30
 
 _log = logging.getLogger("dlexec")
 _global_shutdown = False
@@ -88,12 +94,13 @@ threading._register_atexit(_python_exit)
 class _WorkItem:
     """A task: its future, its serialized call, its settings, and where it stands."""
 
-    __slots__ = ("id", "future", "frames", "uses_user_modules", "timeout", "max_retries", "deaths",
+    __slots__ = ("id", "future", "frames", "blobs", "uses_user_modules", "timeout", "max_retries", "deaths",
                  "requeued", "solo", "sent_at", "worker", "stop_requested")
 
-    def __init__(self, id: int, future: TaskFuture, frames: list, uses_user_modules: bool,
+    def __init__(self, id: int, future: TaskFuture, frames: list, blobs: list[Blob], uses_user_modules: bool,
                  timeout: float | None, max_retries: int):
         self.id, self.future, self.frames = id, future, frames
+        self.blobs = blobs  # the callable's first, then the Shared objects in the arguments
         self.uses_user_modules = uses_user_modules
         self.timeout, self.max_retries = timeout, max_retries
         self.deaths: list[str] = []  # how the runtimes it was running on died
@@ -119,12 +126,39 @@ class _Worker:
     def __init__(self, name: str):
         self.name = name
         self.service: RuntimeService | None = None
+        self.created_at = time.time()
+        self.stopped_at: float | None = None
+        self.idle_since = time.monotonic()
+        self.tasks = 0  # results returned
+        self.busy_seconds = 0.0  # spent running tasks
         self.state = "starting"  # -> ready (<-> restarting) -> retiring -> stopped
         self.inflight: set[_Batch] = set()
         self.sent = 0  # tasks sent, for max_tasks_per_child
         self.thread: threading.Thread | None = None
         self.expires_at: float | None = None  # epoch seconds, for runtimes with a reservation
         self.expiry_margin = 0.0  # seconds before expires_at from which it gets no new work
+        self.blobs: dict[str, int] = {}  # key -> size of the blobs the kernel holds
+        self.blob_bytes = 0
+
+    def forget_blobs(self) -> None:
+        self.blobs.clear()
+        self.blob_bytes = 0
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._state = value
+        if value == "stopped" and self.stopped_at is None:
+            self.stopped_at = time.time()
+
+    def stats(self) -> RuntimeStats:
+        seconds = (self.stopped_at or time.time()) - self.created_at
+        rate = self.service.burning_rate if self.service is not None else None
+        return RuntimeStats(self.runtime_id, self.state, self.tasks, self.busy_seconds, seconds,
+                            None if rate is None else float(rate) * seconds)
 
     def pipelinable(self) -> bool:
         return not any(item.solo for batch in self.inflight for item in batch.items.values())
@@ -142,8 +176,9 @@ class _Pool:
     def __init__(self, max_workers: int, initializer: tuple | None, max_tasks_per_child: int | None,
                  backend: str | None, start_timeout: float, runtime_options: dict, *,
                  task_timeout: float | None = None, max_retries: int = 0, interrupt_grace: float = 5.0,
-                 expiry_margin: float = 60.0):
+                 expiry_margin: float = 60.0, idle_timeout: float | None = None):
         self.max_workers = max_workers
+        self.idle_timeout = idle_timeout
         self.task_timeout, self.max_retries = task_timeout, max_retries
         self.interrupt_grace, self.expiry_margin = interrupt_grace, expiry_margin
         self._watchdog: threading.Thread | None = None
@@ -165,41 +200,78 @@ class _Pool:
         self.workers: list[_Worker] = []
         self.broken: str | None = None
         self.shutting_down = False
+        self.killed = False  # by kill(): broken on purpose
         self._ids = itertools.count(1)
         self._names = itertools.count(1)
         self._finisher: threading.Thread | None = None
         self.task_seconds: float | None = None  # moving average of the tasks' durations
+        self.callables = CallableCache()
+        self.history: list[_Worker] = []  # every worker ever started, for stats()
+        self.counts = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0}
+        self._counts_lock = threading.Lock()
         _live_pools.add(self)
 
     # -- submit -----------------------------------------------------------------------------
 
     def check_open(self) -> None:
-        if self.broken:
+        if self.broken and not self.killed:
             raise WorkerLostError(self.broken)
         if self.shutting_down:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if _global_shutdown:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def submit(self, fn: Callable, args: tuple, kwargs: dict, timeout: float | None = None,
-               max_retries: int | None = None) -> TaskFuture:
+    def callable_blob(self, fn: Callable) -> Blob:
+        """``fn`` serialized (once, if it has not changed since the last call)."""
+        try:
+            return self.callables.blob(fn)
+        except Exception as exc:
+            raise TypeError(f"cannot serialize {fn!r} with dill: {exc}") from exc
+
+    def submit(self, fn: Callable | None, args: tuple, kwargs: dict, timeout: float | None = None,
+               max_retries: int | None = None, fn_blob: Blob | BaseException | None = None) -> TaskFuture:
+        """Queue ``fn(*args, **kwargs)``; ``fn_blob`` is ``fn`` already serialized (by ``map``)."""
         self.check_open()
         timeout = self.task_timeout if timeout is None else timeout
         max_retries = self.max_retries if max_retries is None else max_retries
         future = TaskFuture()
         modules: set = set()
-        try:
-            frames = serialization.dumps((fn, args, kwargs), modules=modules)
-        except Exception as exc:  # noqa: BLE001 - as ProcessPoolExecutor: the future carries it
+        shared: list[Blob] = []
+        try:  # as ProcessPoolExecutor: what cannot be serialized fails the future, not submit
+            if fn_blob is None:
+                fn_blob = self.callable_blob(fn)
+            elif isinstance(fn_blob, BaseException):
+                raise fn_blob
+            frames = serialization.dumps((args, kwargs), modules=modules, shared=shared)
+        except Exception as exc:  # noqa: BLE001
             future.set_exception(exc)
             return future
-        item = _WorkItem(next(self._ids), future, frames, bool(user_modules(modules)), timeout, max_retries)
+        blobs = [fn_blob, *shared]
+        uses_user_modules = bool(user_modules(modules.union(*(b.modules for b in blobs))))
+        item = _WorkItem(next(self._ids), future, frames, blobs, uses_user_modules, timeout, max_retries)
         future._interrupt = partial(self.interrupt, item)
         with self.lock:
             self.check_open()
+            self.counts["submitted"] += 1
+            future.add_done_callback(self._count)
             self.pending.append(item)
             self._dispatch()
         return future
+
+    def _count(self, future: TaskFuture) -> None:
+        outcome = "cancelled" if future.cancelled() else ("failed" if future.exception() is not None else "done")
+        with self._counts_lock:
+            self.counts[outcome] += 1
+
+    def stats(self) -> ExecutorStats:
+        with self.lock:
+            with self._counts_lock:
+                counts = dict(self.counts)
+            running = sum(len(b.items) for w in self.workers for b in w.inflight)
+            pending = len(self.pending)
+            runtimes = tuple(w.stats() for w in self.history)
+        return ExecutorStats(counts["submitted"], pending, running, counts["done"], counts["failed"],
+                             counts["cancelled"], runtimes)
 
     # -- scheduling (lock held) -------------------------------------------------------------
 
@@ -207,6 +279,7 @@ class _Pool:
         if self.broken:
             return
         self._retire_expiring()
+        self._retire_idle()
         depth = self._pipeline_depth()
         while self.pending:
             if self.pending[0].solo:  # alone, and only to an idle kernel
@@ -257,7 +330,7 @@ class _Pool:
         now = time.time()
         sent_at = time.monotonic()
         for item in items:
-            tasks.append([item.id, len(item.frames), item.timeout])
+            tasks.append([item.id, len(item.frames), item.timeout, item.blobs[0].key])
             frames.extend(item.frames)  # kept until done: a retry sends them again
             item.future.runtime_id = worker.runtime_id
             item.future.started_at = now
@@ -265,8 +338,10 @@ class _Pool:
             if item.timeout is not None:
                 self._watch()
         content = {"op": "run", "tasks": tasks}
-        if any(item.uses_user_modules for item in items):
-            content["modules"] = worker.service.modules_to_ship()
+        modules = worker.service.modules_to_ship() if any(item.uses_user_modules for item in items) else None
+        if modules:
+            content["modules"] = modules
+        frames[:0] = self._blobs_to_send(worker, items, content, fresh=bool(modules))
         worker.inflight.add(batch)
         worker.sent += len(items)
         if self.max_tasks_per_child and worker.sent >= self.max_tasks_per_child:
@@ -280,9 +355,34 @@ class _Pool:
         except WorkerLostError as exc:
             self._break(exc)
 
+    @staticmethod
+    def _blobs_to_send(worker: _Worker, items: list[_WorkItem], content: dict, fresh: bool) -> list:
+        """The frames of the blobs the batch needs and the kernel lacks (``content`` says which).
+
+        ``fresh`` (a user module changed), or a cache grown past its bounds: the kernel drops
+        what it holds first, and everything the batch needs is sent again.
+        """
+        needed = {blob.key: blob for item in items for blob in item.blobs}
+        missing = [blob for key, blob in needed.items() if key not in worker.blobs]
+        size = sum(blob.nbytes for blob in missing)
+        if fresh or len(worker.blobs) + len(missing) > BLOB_CACHE_ITEMS or worker.blob_bytes + size > BLOB_CACHE_BYTES:
+            content["drop_blobs"] = True
+            worker.forget_blobs()
+            missing = list(needed.values())
+            size = sum(blob.nbytes for blob in missing)
+        frames = []
+        for blob in missing:
+            worker.blobs[blob.key] = blob.nbytes
+            frames.extend(blob.frames)
+        worker.blob_bytes += size
+        if missing:
+            content["blobs"] = [[blob.key, len(blob.frames)] for blob in missing]
+        return frames
+
     def _start_worker(self) -> None:
         worker = _Worker(f"dlexec-worker-{next(self._names)}")
         self.workers.append(worker)
+        self.history.append(worker)
         worker.thread = threading.Thread(target=self._run_start, args=(worker,), name=worker.name, daemon=True)
         worker.thread.start()
 
@@ -323,6 +423,9 @@ class _Pool:
             else:
                 stop = False
                 worker.state = "ready"
+                worker.idle_since = time.monotonic()
+                if self.idle_timeout is not None:
+                    self._watch()
                 self._dispatch()
             self.changed.notify_all()
         if stop:
@@ -377,6 +480,8 @@ class _Pool:
                     continue
                 item.future.stdout, item.future.stderr = out, err
                 done.append((item, *_outcome(status, info, item_frames, item, worker)))
+            worker.tasks += len(done)
+            worker.busy_seconds += seconds
             if done:
                 sample = seconds / len(done)
                 average = self.task_seconds
@@ -389,7 +494,7 @@ class _Pool:
         now = time.time()
         for item, ok, value in done:
             item.future.finished_at = now
-            item.frames = item.worker = None
+            item.frames = item.blobs = item.worker = None
             if ok is None:
                 item.future._set_cancelled()
             elif ok:
@@ -404,6 +509,10 @@ class _Pool:
     def _batch_done(self, worker: _Worker, batch: _Batch) -> None:
         with self.lock:
             worker.inflight.discard(batch)
+            if not worker.inflight:
+                worker.idle_since = time.monotonic()
+                if self.idle_timeout is not None:
+                    self._watch()
             retire = worker.state == "retiring" and not worker.inflight
             if retire:
                 worker.state = "stopped"
@@ -520,7 +629,8 @@ class _Pool:
                 watching = any(item.timeout is not None or item.stop_requested is not None
                                for w in self.workers for b in w.inflight for item in b.items.values())
                 expiring = any(w.expires_at is not None for w in self.workers)
-                if not watching and not expiring:
+                idling = self.idle_timeout is not None and any(w.state == "ready" for w in self.workers)
+                if not watching and not expiring and not idling:
                     self._watchdog = None
                     return
 
@@ -546,6 +656,8 @@ class _Pool:
                 f"the task ran longer than its timeout of {item.timeout:g} s and did not stop when interrupted; "
                 f"its runtime {worker.runtime_id} was restarted"))
         try:
+            with self.lock:
+                worker.forget_blobs()
             worker.service.restart()
             self._initialize(worker.service)
         except BaseException as exc:  # noqa: BLE001 - replace the runtime instead
@@ -563,6 +675,35 @@ class _Pool:
                 worker.state = "ready"
             self._dispatch()
             self.changed.notify_all()
+
+    def resize(self, max_workers: int) -> None:
+        """Change the number of runtimes: more start on demand, surplus ones stop (idle
+        ones first, busy ones once their work is done)."""
+        with self.lock:
+            self.max_workers = max_workers
+            active = [w for w in self.workers if w.state in ("ready", "retiring", "restarting", "starting")]
+            surplus = len([w for w in active if w.state != "retiring"]) - max_workers
+            for worker in sorted((w for w in active if w.state == "ready"), key=lambda w: bool(w.inflight)):
+                if surplus <= 0:
+                    break
+                surplus -= 1
+                worker.state = "retiring"
+                if not worker.inflight:
+                    worker.state = "stopped"
+                    self.workers.remove(worker)
+                    threading.Thread(target=worker.service.terminate, daemon=True).start()
+            self._dispatch()
+
+    def _retire_idle(self) -> None:
+        """Stop the runtimes that have had nothing to do for ``idle_timeout`` seconds (lock held)."""
+        if self.idle_timeout is None or self.pending:
+            return
+        limit = time.monotonic() - self.idle_timeout
+        for worker in list(self.workers):
+            if worker.state == "ready" and not worker.inflight and worker.idle_since < limit:
+                worker.state = "stopped"
+                self.workers.remove(worker)
+                threading.Thread(target=worker.service.terminate, daemon=True).start()
 
     def _retire_expiring(self) -> None:
         """Give no new work to runtimes whose reservation ends within ``expiry_margin`` (lock held)."""
@@ -640,12 +781,61 @@ class _Pool:
     def kill(self) -> None:
         """Stop at once: cancel what has not started, fail what runs, stop every kernel."""
         with self.lock:
-            self.shutting_down = True
+            self.shutting_down = self.killed = True
             cancelled = list(self.pending)
             self.pending.clear()
             self._break(WorkerLostError("the executor was stopped while the task was running"))
         _cancel(cancelled)
         self.shutdown(wait=True)
+
+
+def _map(executor, fn: Callable, calls, timeout: float | None, buffersize: int | None):
+    """``Executor.map`` of Python 3.14 (with ``buffersize``), ``fn`` serialized once."""
+    end_time = None if timeout is None else timeout + time.monotonic()
+    pool, settings = executor._pool, executor._task_settings
+    try:
+        blob = pool.callable_blob(fn)
+    except Exception as exc:  # noqa: BLE001 - raised by each result, as submit would
+        blob = exc
+    if buffersize:
+        fs = deque(pool.submit(None, args, {}, *settings, fn_blob=blob) for args in itertools.islice(calls, buffersize))
+    else:
+        fs = [pool.submit(None, args, {}, *settings, fn_blob=blob) for args in calls]
+    # A result iterator does not keep the executor alive (nor options(), the executor's).
+    executor_ref = weakref.ref(getattr(executor, "_executor", executor))
+
+    def result_iterator():
+        try:
+            fs.reverse()  # pop() from the end: the first submitted first
+            while fs:
+                if buffersize and executor_ref() is not None and (args := next(calls, None)) is not None:
+                    fs.appendleft(pool.submit(None, args, {}, *settings, fn_blob=blob))
+                if end_time is None:
+                    yield _result_or_cancel(fs.pop())
+                else:
+                    yield _result_or_cancel(fs.pop(), end_time - time.monotonic())
+        finally:
+            for future in fs:
+                future.cancel()
+
+    return result_iterator()
+
+
+def _result_or_cancel(future, timeout=None):
+    try:
+        try:
+            return future.result(timeout)
+        finally:
+            future.cancel()
+    finally:
+        del future  # no reference kept to a result the caller may drop
+
+
+def _common_length(iterables) -> int | None:
+    try:
+        return min(len(iterable) for iterable in iterables)
+    except (TypeError, ValueError):  # not all sized, or no iterables
+        return None
 
 
 def _cancel(items: list[_WorkItem]) -> None:
@@ -711,6 +901,7 @@ class DatalayerExecutor(Executor):
         max_retries: int = 0,
         interrupt_grace: float = 5.0,
         expiry_margin: float = 60.0,
+        idle_timeout: float | None = None,
         **runtime_options: Any,
     ):
         if max_workers is None:
@@ -733,10 +924,12 @@ class DatalayerExecutor(Executor):
             raise ValueError("task_timeout must be a positive number of seconds, or None")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError("max_retries must be an integer >= 0")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError("idle_timeout must be a positive number of seconds, or None")
         self._pool = _Pool(max_workers, None if initializer is None else (initializer, tuple(initargs)),
                            max_tasks_per_child, backend, start_timeout, runtime_options,
                            task_timeout=task_timeout, max_retries=max_retries, interrupt_grace=interrupt_grace,
-                           expiry_margin=expiry_margin)
+                           expiry_margin=expiry_margin, idle_timeout=idle_timeout)
         # Garbage collection lets the pending work finish, then stops the kernels.
         self._finalizer = weakref.finalize(self, self._pool.shutdown, False)
 
@@ -744,19 +937,48 @@ class DatalayerExecutor(Executor):
     def max_workers(self) -> int:
         return self._max_workers
 
+    #: (timeout, max_retries) of the tasks submitted through this object: the defaults.
+    _task_settings: tuple = (None, None)
+
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> TaskFuture:
         """Run ``fn(*args, **kwargs)`` in a runtime; returns a :class:`TaskFuture`."""
-        return self._pool.submit(fn, args, kwargs)
+        return self._pool.submit(fn, args, kwargs, *self._task_settings)
 
-    def map(self, fn: Callable, *iterables, timeout: float | None = None, chunksize: int = 1):
-        """As ``ProcessPoolExecutor.map``: results in order; a chunk runs as one remote call."""
+    def map(self, fn: Callable, *iterables, timeout: float | None = None, chunksize: int = 1,
+            buffersize: int | None = None, progress: bool | dict = False):
+        """As ``ProcessPoolExecutor.map`` (Python 3.14's, with ``buffersize``): results in order.
+
+        ``fn`` is serialized once for the whole call. ``chunksize``: items per remote call.
+        ``buffersize``: at most that many calls submitted ahead of the results consumed, so
+        that an endless iterable works. ``progress=True`` shows a progress bar when run in a
+        terminal or a notebook (a dict: options for :func:`dlexec.progress`).
+        """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        if chunksize == 1:
-            return Executor.map(self, fn, *iterables, timeout=timeout)
-        results = Executor.map(self, partial(_process_chunk, fn), _get_chunks(*iterables, chunksize=chunksize),
-                               timeout=timeout)
-        return _chain_from_iterable_of_lists(results)
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+        total = _common_length(iterables) if progress else None
+        if chunksize > 1:
+            fn, iterables = partial(_process_chunk, fn), (_get_chunks(*iterables, chunksize=chunksize),)
+        results = _map(self, fn, zip(*iterables), timeout, buffersize)
+        if chunksize > 1:
+            results = _chain_from_iterable_of_lists(results)
+        if progress:
+            from .progress import progress as show
+
+            results = show(results, total=total, **(progress if isinstance(progress, dict) else {}))
+        return results
+
+    def share(self, obj: Any) -> Shared:
+        """``obj`` to be sent once per runtime rather than with every task that uses it.
+
+        Pass the returned :class:`~dlexec.Shared` to ``submit`` or ``map`` in place of
+        ``obj``, as an argument or inside one; the task receives ``obj`` (one copy per
+        runtime, shared by its tasks: treat it as read-only).
+        """
+        return Shared(obj)
 
     def options(self, *, timeout: float | None = None, max_retries: int | None = None) -> _Options:
         """The same ``submit`` and ``map``, with these settings for the tasks sent through them.
@@ -780,15 +1002,48 @@ class DatalayerExecutor(Executor):
             self.shutdown(wait=True)
         return False
 
-    def __repr__(self) -> str:
+    def terminate_workers(self) -> None:
+        """As Python 3.14's ``ProcessPoolExecutor.terminate_workers``: stop every runtime now.
+
+        Queued tasks are cancelled, running ones fail with
+        :class:`~dlexec.errors.WorkerLostError` (a ``BrokenProcessPool``), and the executor
+        is shut down. Kernels are stopped and remote runtimes deleted before it returns.
+        """
+        self._pool.kill()
+
+    def kill_workers(self) -> None:
+        """As Python 3.14's ``ProcessPoolExecutor.kill_workers``: here the same as
+        :meth:`terminate_workers` (a kernel is always stopped with SIGKILL, after the task
+        interrupt that :meth:`TaskFuture.interrupt` gives the gentle way)."""
+        self._pool.kill()
+
+    def _resize(self, max_workers: int) -> None:
+        self._max_workers = max_workers
+        self._pool.resize(max_workers)
+
+    def stats(self) -> ExecutorStats:
+        """Tasks submitted, pending, running, done, failed and cancelled, and each runtime's
+        tasks, busy time, runtime-seconds and credits (see :mod:`dlexec.stats`)."""
+        return self._pool.stats()
+
+    def _state(self) -> str:
         pool = self._pool
-        with pool.lock:
-            state = "broken" if pool.broken else ("shut down" if pool.shutting_down else "running")
-            ready = sum(1 for w in pool.workers if w.state in ("ready", "retiring"))
-            running = sum(len(b.items) for w in pool.workers for b in w.inflight)
-            pending = len(pool.pending)
-        return (f"<DatalayerExecutor {state}: {ready}/{self._max_workers} runtimes ready, "
-                f"{running} running, {pending} pending>")
+        if pool.broken and not pool.killed:
+            return "broken"
+        return "shut down" if pool.shutting_down else "running"
+
+    def __repr__(self) -> str:
+        stats = self._pool.stats()
+        ready = sum(1 for r in stats.runtimes if r.state in ("ready", "retiring"))
+        text = (f"<DatalayerExecutor {self._pool.backend} {self._state()}: {ready}/{self._max_workers} runtimes ready, "
+                f"{stats.running} running, {stats.pending} pending, {stats.done} done, {stats.failed} failed")
+        if stats.credits is not None:
+            text += f", {stats.credits:.2f} credits"
+        return text + ">"
+
+    def _repr_html_(self) -> str:
+        return executor_html(f"DatalayerExecutor({self._max_workers}, backend={self._pool.backend!r}): "
+                             f"{self._state()}", self._pool.stats())
 
 
 class _Options(Executor):
@@ -797,12 +1052,13 @@ class _Options(Executor):
     def __init__(self, executor: DatalayerExecutor, timeout: float | None, max_retries: int | None):
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be a positive number of seconds, or None")
-        self._executor, self._timeout, self._max_retries = executor, timeout, max_retries
+        self._executor = executor
+        self._pool = executor._pool
+        self._task_settings = (timeout, max_retries)
 
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> TaskFuture:
-        return self._executor._pool.submit(fn, args, kwargs, self._timeout, self._max_retries)
-
+    submit = DatalayerExecutor.submit
     map = DatalayerExecutor.map
+    share = DatalayerExecutor.share
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._executor.shutdown(wait, cancel_futures=cancel_futures)

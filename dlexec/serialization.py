@@ -4,6 +4,14 @@ An object becomes a list of *frames*: the pickle stream first, then one frame pe
 pickle-protocol-5 buffer (NumPy arrays, ``bytearray``, ``PickleBuffer``), so large data
 travels as binary message buffers without copies, base64 or JSON.
 
+Plain data (numbers, strings, containers, arrays, instances of importable classes) goes
+through the standard library's C pickler, 10 to 100 times faster than dill; whatever only
+dill can pickle by value (functions, lambdas, classes and instances from ``__main__``)
+makes it start again with dill. The stream's first byte says which unpickler reads it.
+
+:class:`Shared` objects (``DatalayerExecutor.share``) and cached callables travel once per
+runtime as *blobs*; a pickle refers to one by key, and the kernel keeps them in ``BLOBS``.
+
 Exceptions travel with their chained causes and their tracebacks (tblib), plus a text
 rendering that the client falls back to when the exception class cannot be rebuilt.
 
@@ -13,18 +21,32 @@ standard library, dill and tblib.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import sys
 import traceback
 import types
+import uuid
 
 import dill
 from tblib import Traceback, pickling_support
 
 PROTOCOL = 5
+_PLAIN, _DILL = b"P", b"D"  # the stream's first byte: which unpickler reads it
 
 Frames = list  # [pickle stream, *out-of-band buffers]; bytes-like items
+
+#: In a kernel: the blobs received, by key (the loaded object, or a BlobError).
+BLOBS: dict = {}
+
+
+class _NeedsDill(Exception):
+    """The C pickler met something that only dill pickles right."""
+
+
+def _is_ndarray(cls) -> bool:
+    return cls.__name__ == "ndarray" and cls.__module__ == "numpy"
 
 
 class Pickler(dill.Pickler):
@@ -37,13 +59,47 @@ class Pickler(dill.Pickler):
     """
 
     modules: set | None = None
+    shared: list | None = None  # the Shared objects met, if a list
 
     def reducer_override(self, obj):
         cls = type(obj)
-        if cls.__name__ == "ndarray" and cls.__module__ == "numpy":
+        if _is_ndarray(cls):
             return obj.__reduce_ex__(PROTOCOL)
+        if cls is Shared:
+            return _reduce_shared(self, obj)
         if self.modules is not None and (cls is types.FunctionType or isinstance(obj, type)):
             self.modules.add(getattr(obj, "__module__", None))
+        return NotImplemented
+
+
+#: What dill pickles by value, or differently from the standard pickler.
+_DILL_ONLY = (types.FunctionType, types.CodeType, types.ModuleType, types.MethodType, types.CellType,
+              types.FrameType, types.GeneratorType, types.TracebackType, BaseException)
+
+
+class _PlainPickler(pickle.Pickler):
+    """The C pickler, for data; raises _NeedsDill at anything dill would pickle otherwise.
+
+    The C pickler handles ``None``, numbers, strings, bytes and the builtin containers
+    itself and calls ``reducer_override`` for everything else only.
+    """
+
+    modules: set | None = None
+    shared: list | None = None
+
+    def reducer_override(self, obj):
+        cls = type(obj)
+        if _is_ndarray(cls):
+            return obj.__reduce_ex__(PROTOCOL)
+        if cls is Shared:
+            return _reduce_shared(self, obj)
+        if isinstance(obj, _DILL_ONLY) or cls.__module__ == "__main__":
+            raise _NeedsDill
+        if isinstance(obj, type):
+            if obj.__module__ == "__main__" or "<locals>" in obj.__qualname__:
+                raise _NeedsDill
+            if self.modules is not None:
+                self.modules.add(obj.__module__)
         return NotImplemented
 
 
@@ -98,23 +154,134 @@ def _restore_exception(cls, args, state, cause, tb, context, suppress_context, n
 sys.modules.setdefault("_dlexec_serialization", sys.modules[__name__])
 
 
-def dumps(obj, pickler: type[Pickler] = Pickler, modules: set | None = None) -> Frames:
+def dumps(obj, pickler: type[Pickler] | None = None, modules: set | None = None,
+          shared: list | None = None) -> Frames:
     """Serialize ``obj`` to frames: the pickle stream, then its out-of-band buffers.
 
     If ``modules`` is given, the names of the modules that functions and classes in
-    ``obj`` come from are added to it.
+    ``obj`` come from are added to it; if ``shared`` is a list, the :class:`Shared`
+    objects met are appended to it.
     """
+    if pickler is None:
+        try:
+            return _dump(obj, _PlainPickler, _PLAIN, {}, modules, shared)
+        except Exception:  # noqa: BLE001 - _NeedsDill, or something only dill can pickle
+            pass
+        pickler = Pickler
+    return _dump(obj, pickler, _DILL, {"recurse": True}, modules, shared)
+
+
+def _dump(obj, pickler, header: bytes, options: dict, modules, shared) -> Frames:
     buffers: list[pickle.PickleBuffer] = []
     stream = io.BytesIO()
-    instance = pickler(stream, protocol=PROTOCOL, buffer_callback=buffers.append, recurse=True)
-    instance.modules = modules
+    stream.write(header)
+    instance = pickler(stream, protocol=PROTOCOL, buffer_callback=buffers.append, **options)
+    instance.modules = set() if modules is not None else None
+    instance.shared = [] if shared is not None else None
     instance.dump(obj)
+    if modules is not None:  # only once it worked: a failed plain attempt adds nothing
+        modules |= instance.modules
+    if shared is not None:
+        shared.extend(instance.shared)
     return [stream.getbuffer(), *(_raw(b) for b in buffers)]
 
 
 def loads(frames: Frames):
     """Rebuild an object from the frames made by :func:`dumps`."""
-    return dill.loads(frames[0], buffers=frames[1:])
+    stream = memoryview(frames[0])
+    if stream[:1] == _PLAIN:
+        return pickle.loads(stream[1:], buffers=frames[1:])
+    return dill.loads(stream[1:], buffers=frames[1:])
+
+
+# --- blobs: what travels once per runtime ----------------------------------------------------
+
+
+class Blob:
+    """Serialized once, sent once per runtime: a callable or a :class:`Shared` object."""
+
+    __slots__ = ("key", "frames", "nbytes", "modules", "__weakref__")
+
+    def __init__(self, key: str, frames: Frames, modules: set):
+        self.key, self.frames, self.modules = key, frames, modules
+        self.nbytes = sum(memoryview(f).nbytes for f in frames)
+
+    @classmethod
+    def of(cls, obj, key: str | None = None) -> Blob:
+        """``obj`` serialized; ``key`` defaults to a hash of the serialized bytes."""
+        modules: set = set()
+        frames = dumps(obj, modules=modules)
+        if key is None:
+            digest = hashlib.blake2b(digest_size=16)
+            for frame in frames:
+                digest.update(frame)
+            key = digest.hexdigest()
+        return cls(key, frames, modules)
+
+
+class Shared:
+    """An object sent to each runtime once, however many tasks use it (``executor.share``).
+
+    Pass it to tasks in place of the object: in the runtime, the task receives the object
+    itself (one copy per runtime, shared by the tasks that run there: do not modify it).
+    """
+
+    __slots__ = ("blob", "type_name")
+
+    def __init__(self, obj):
+        self.type_name = type(obj).__name__
+        self.blob = Blob.of(obj, key=f"shared-{uuid.uuid4().hex}")
+
+    @property
+    def nbytes(self) -> int:
+        return self.blob.nbytes
+
+    def __reduce__(self):
+        raise TypeError("a dlexec Shared object can only be passed to tasks of a DatalayerExecutor")
+
+    def __repr__(self) -> str:
+        return f"<dlexec.Shared {self.type_name}, {self.blob.nbytes} bytes serialized>"
+
+
+def _reduce_shared(pickler, obj: Shared):
+    if pickler.shared is None:
+        raise TypeError("a dlexec Shared object can only be passed to tasks of a DatalayerExecutor")
+    pickler.shared.append(obj.blob)
+    return _shared, (obj.blob.key,)
+
+
+class BlobError:
+    """A blob that could not be loaded in the kernel: its tasks fail with ``error``."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def load_blob(key: str, frames: Frames) -> None:
+    """In a kernel: load a blob into ``BLOBS`` (or the reason it cannot be)."""
+    try:
+        BLOBS[key] = loads(frames)
+    except Exception as exc:  # noqa: BLE001 - the tasks that use it report it
+        BLOBS[key] = BlobError(exc)
+
+
+def blob(key: str):
+    """In a kernel: a loaded blob; raises why it could not be loaded."""
+    try:
+        value = BLOBS[key]
+    except KeyError:
+        raise LookupError(f"dlexec: object {key} was not sent to this runtime") from None
+    if type(value) is BlobError:
+        raise value.error
+    return value
+
+
+def _shared(key: str):
+    return blob(key)
+
+
+# Pickled by reference as "_dlexec_serialization._shared", the kernels' name for this module.
+_shared.__module__ = "_dlexec_serialization"
 
 
 def _raw(buffer: pickle.PickleBuffer):

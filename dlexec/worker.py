@@ -9,9 +9,10 @@ task costs one kernel message each way.
 
 Requests (``content["op"]``):
 
-``run``       a batch of tasks ``(fn, args, kwargs)``; replies carry results or exceptions
+``run``       a batch of tasks ``fn(*args, **kwargs)``; replies carry results or exceptions
               and each task's duration, flushed every ``FLUSH_INTERVAL`` seconds while the
-              batch runs.
+              batch runs. ``fn`` is a *blob*, received once and kept by key (with the
+              ``Shared`` objects); the request carries the blobs this kernel lacks.
 ``init``      ``initializer(*initargs)``, once per kernel.
 ``set``       assign variables in the user namespace.
 ``get``       read one variable from the user namespace.
@@ -113,20 +114,26 @@ class Worker:
     # -- ops ----------------------------------------------------------------------------
 
     def op_run(self, content, frames, reply):
-        """Run a batch. Each task is ``[task_id, nframes, timeout or None]``; each result
-        ``[task_id, status, nframes, info, seconds, stdout, stderr]``, with status ``ok``,
-        ``error``, ``cancelled`` (stopped or skipped on request) or ``timeout``."""
+        """Run a batch. ``blobs`` are ``[key, nframes]`` (their frames come first), each task
+        ``[task_id, nframes, timeout or None, key of fn]`` with ``(args, kwargs)`` as frames;
+        each result ``[task_id, status, nframes, info, seconds, stdout, stderr]``, with status
+        ``ok``, ``error``, ``cancelled`` (stopped or skipped on request) or ``timeout``."""
         results, buffers = [], []
         last_flush = time.monotonic()
+        if content.get("drop_blobs"):
+            serialization.BLOBS.clear()
         offset = 0
+        for key, nframes in content.get("blobs", ()):
+            serialization.load_blob(key, frames[offset : offset + nframes])
+            offset += nframes
         tasks = content["tasks"]
         with self._task_signals(), _CapturedOutput() as output:
-            for index, (task_id, nframes, timeout) in enumerate(tasks):
+            for index, (task_id, nframes, timeout, fn_key) in enumerate(tasks):
                 task_frames = frames[offset : offset + nframes]
                 offset += nframes
                 started = time.perf_counter()
                 output.start()
-                status, info, out = self._run_one(task_id, task_frames, timeout)
+                status, info, out = self._run_one(task_id, fn_key, task_frames, timeout)
                 text, errors = output.stop()
                 results.append([task_id, status, len(out), info, time.perf_counter() - started, text, errors])
                 buffers.extend(out)
@@ -136,7 +143,7 @@ class Worker:
                     last_flush = time.monotonic()
         reply.send({"status": "ok", "results": results, "final": True}, buffers)
 
-    def _run_one(self, task_id, frames, timeout):
+    def _run_one(self, task_id, fn_key, frames, timeout):
         """Run one task; returns (status, info, frames). Never raises."""
         with self.lock:
             if task_id in self.cancelled:
@@ -145,7 +152,8 @@ class Worker:
             self.current, self.stopping = task_id, None
         try:
             try:
-                fn, args, kwargs = serialization.loads(frames)
+                fn = serialization.blob(fn_key)
+                args, kwargs = serialization.loads(frames)
             except Exception as exc:  # noqa: BLE001
                 return self._error(exc, strip=0)
             try:

@@ -1,0 +1,97 @@
+"""Progress bars for maps and collections of futures (tqdm; notebook widgets in Jupyter).
+
+:func:`progress` wraps either
+
+* a collection of futures: it yields them *as they complete* (like ``as_completed``),
+  counting the failed ones; or
+* an iterator of results, such as ``executor.map(...)``: it yields the results in their
+  order, and counts an exception raised by the iterator as a failure before re-raising it.
+
+The bar shows done and failed counts and the rate. It is shown only when the program runs
+in a terminal (stdout is a TTY) or in a notebook, unless ``disable=False`` forces it.
+"""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import Future, as_completed
+from typing import Any, Iterable, Iterator
+
+
+def progress(items: Iterable, total: int | None = None, *, desc: str | None = None,
+             disable: bool | None = None, **tqdm_options: Any) -> Iterator:
+    """Show a progress bar while iterating over futures or results (see the module)."""
+    if total is None:
+        try:
+            total = len(items)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+    if disable is None:
+        disable = not _interactive()
+    if not isinstance(items, Iterator) and _all_futures(items):
+        return _futures(list(items), total, desc, disable, tqdm_options)
+    return _results(items, total, desc, disable, tqdm_options)
+
+
+def _bar(total, desc, disable, options):
+    from tqdm.auto import tqdm  # notebook widgets in Jupyter (when ipywidgets is installed)
+
+    options.setdefault("unit", "task")
+    options.setdefault("dynamic_ncols", True)
+    return tqdm(total=total, desc=desc, disable=disable, **options)
+
+
+def _futures(futures: list[Future], total, desc, disable, options) -> Iterator[Future]:
+    with _bar(total, desc, disable, options) as bar:
+        failed = 0
+        for future in as_completed(futures):
+            if not future.cancelled() and future.exception() is not None:
+                failed += 1
+                bar.set_postfix(failed=failed, refresh=False)
+            bar.update(1)
+            yield future
+
+
+def _results(results: Iterable, total, desc, disable, options) -> Iterator:
+    with _bar(total, desc, disable, options) as bar:
+        for result in _counting(results, bar):
+            yield result
+
+
+def _counting(results: Iterable, bar) -> Iterator:
+    iterator = iter(results)
+    while True:
+        try:
+            result = next(iterator)
+        except StopIteration:
+            return
+        except BaseException:
+            bar.set_postfix(failed=1)
+            raise
+        bar.update(1)
+        yield result
+
+
+def _all_futures(items) -> bool:
+    try:
+        return bool(items) and all(isinstance(item, Future) for item in items)
+    except TypeError:
+        return False
+
+
+def _interactive() -> bool:
+    try:
+        return sys.stdout.isatty() or _in_notebook()
+    except (AttributeError, ValueError):  # replaced or closed stdout
+        return False
+
+
+def _in_notebook() -> bool:
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ip = shell.get_ipython()
+    except Exception:  # noqa: BLE001
+        return False
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
