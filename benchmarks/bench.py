@@ -8,8 +8,13 @@ Every executor gets the same number of workers (``--workers``, default 2):
 1. round trip: ``ex.submit(identity, x).result()`` on a warm pool, one call at a time (ms);
 2. map: ``list(ex.map(square, range(10_000)))`` with ``chunksize=1`` and ``chunksize=100`` (s);
 3. start-up: from constructing a new executor to its first result,
-   ``Executor(n).submit(identity, 1).result()`` (s; the shutdown is not timed);
-4. payload: a task that returns its NumPy float64 argument (``--payload-mb``, 64 MB) (s).
+   ``Executor(n).submit(identity, 1).result()`` (s; the shutdown is not timed), and the
+   same with a reused executor (``get_reusable_executor``, dlexec's and loky's) (ms);
+4. payload: a task that returns its NumPy float64 argument (``--payload-mb``, 64 MB) (s),
+   and the extra peak memory (RSS high-water mark over the resident size before the call,
+   in multiples of the payload) in the caller and in the worker, with one worker;
+5. joblib: ``Parallel(n_jobs=workers)`` with backend ``datalayer`` against joblib's default
+   ``loky``: 2,000 tiny calls (auto-batching) and 40 calls of 25 ms each (s).
 
 Each figure is the median of ``--repeat`` runs (the round trip: of 200 calls). Pools are
 warmed up first (tasks run until every worker has answered), so only start-up counts the
@@ -61,6 +66,34 @@ def worker_pid(delay):
     return os.getpid()
 
 
+def sleep_for(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def _status(field: str) -> int:
+    """A /proc/self/status memory figure, in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise LookupError(field)
+
+
+def reset_peak() -> int:
+    """Reset this process's RSS high-water mark (Linux); returns the resident size now."""
+    import gc
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status("VmRSS")
+
+
+def peak() -> int:
+    return _status("VmHWM")
+
+
 # -- executors ----------------------------------------------------------------------------------
 
 
@@ -91,6 +124,21 @@ def ipyparallel_factory(n):
             yield executor
         finally:
             executor.shutdown(wait=True)
+
+
+def dlexec_reusable(n):
+    import dlexec
+
+    return dlexec.get_reusable_executor(n)
+
+
+def loky_reusable(n):
+    import loky
+
+    return loky.get_reusable_executor(n)
+
+
+REUSABLE = {"dlexec": dlexec_reusable, "loky": loky_reusable}
 
 
 def executors() -> dict:
@@ -160,6 +208,54 @@ def measure(factory, args, results: dict) -> None:
             print("  note: the payload came back different", file=sys.stderr)
         del back
         results["payload"] = median_time(lambda: ex.submit(identity, payload).result(), args.repeat)
+    measure_memory(factory, payload, results)
+    del payload
+    reusable = REUSABLE.get(args.name)
+    if reusable is not None:
+        ex = reusable(args.workers)
+        try:
+            warm_up(ex, args.workers)
+            results["reuse"] = median_time(lambda: reusable(args.workers).submit(identity, 1).result(),
+                                           args.calls) * 1000
+        finally:
+            ex.shutdown(wait=True)
+
+
+def measure_memory(factory, payload, results: dict) -> None:
+    """Extra peak memory of one payload round trip, caller and worker side (one worker)."""
+    try:
+        with factory(1) as ex:
+            ex.submit(identity, payload[:1024]).result()
+            seen_pids.add(ex.submit(worker_pid, 0).result())
+            worker_base = ex.submit(reset_peak).result()
+            base = reset_peak()
+            back = ex.submit(identity, payload).result()
+            caller = peak() - base
+            worker = ex.submit(peak).result() - worker_base
+            del back
+    except OSError as exc:  # no /proc/self/clear_refs here
+        print(f"  note: memory not measured: {exc}", file=sys.stderr)
+        return
+    results["mem_caller"] = caller / payload.nbytes
+    results["mem_worker"] = worker / payload.nbytes
+
+
+def measure_joblib(args) -> dict:
+    """joblib.Parallel with backend "datalayer" and "loky": the same calls, in one run."""
+    import joblib
+
+    import dlexec  # noqa: F401 - registers the "datalayer" backend
+
+    found = {}
+    workloads = {"joblib_tiny": (square, range(2000)), "joblib_sleep": (sleep_for, [0.025] * 40)}
+    for backend in ("loky", "datalayer"):
+        found[backend] = {}
+        with joblib.parallel_config(backend=backend, n_jobs=args.workers):
+            joblib.Parallel()(joblib.delayed(worker_pid)(0.05) for _ in range(4 * args.workers))  # warm
+            for key, (fn, inputs) in workloads.items():
+                run = lambda: joblib.Parallel()(joblib.delayed(fn)(x) for x in inputs)  # noqa: E731
+                found[backend][key] = median_time(run, args.repeat)
+    return found
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -172,12 +268,18 @@ def rows(args) -> list[tuple[str, str]]:
         ("map100", f"map {args.tasks:,} tasks, chunksize=100 (s)"),
         ("startup", "start-up to first result (s)"),
         ("payload", f"payload {args.payload_mb} MB float64 round trip (s)"),
+        ("mem_caller", "payload: extra peak memory in the caller (x payload)"),
+        ("mem_worker", "payload: extra peak memory in the worker (x payload)"),
+        ("reuse", "reused executor to first result (ms)"),
     ]
+
+
+JOBLIB_ROWS = [("joblib_tiny", "joblib: 2,000 tiny calls (s)"), ("joblib_sleep", "joblib: 40 calls of 25 ms (s)")]
 
 
 def fmt(value) -> str:
     if value is None:
-        return "error"
+        return "n/a"
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
@@ -203,6 +305,14 @@ def header(args) -> str:
         f"({args.repeat} runs, start-up {args.startup_repeat}, round trip {args.calls} calls); "
         "ratio = dlexec time / peer time, < 1 means dlexec is faster",
     ])
+
+
+def joblib_table(found: dict) -> str:
+    lines = ["| joblib.Parallel | backend loky | backend datalayer | datalayer / loky |", "|---|--:|--:|--:|"]
+    for key, label in JOBLIB_ROWS:
+        a, b = found.get("datalayer", {}).get(key), found.get("loky", {}).get(key)
+        lines.append(f"| {label} | {fmt(b)} | {fmt(a)} | {ratio(a, b)} |")
+    return "\n".join(lines)
 
 
 def table(results: dict, args) -> str:
@@ -237,7 +347,7 @@ def save_png(results: dict, args, path: str) -> None:
         values = []
         for key, _ in rows(args):
             a, b = results["dlexec"].get(key), results[peer].get(key)
-            values.append(a / b if a is not None and b else 0)
+            values.append(a / b if a is not None and b else float("nan"))
         ax.barh([y + i * height for y in range(len(labels))], values, height, label=f"dlexec / {peer}")
     ax.axvline(1, color="black", linewidth=0.8)
     ax.set_xscale("log")
@@ -279,6 +389,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a fast smoke run: 2,000 tasks, fewer repetitions")
     parser.add_argument("--json", metavar="PATH", help="also save the raw numbers as JSON")
     parser.add_argument("--png", metavar="PATH", help="also save a bar chart of the ratios (needs matplotlib)")
+    parser.add_argument("--no-joblib", action="store_true", help="skip the joblib comparison")
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (2 if args.quick else 5)
     args.startup_repeat = 2 if args.quick else 3
@@ -294,6 +405,7 @@ def main(argv=None) -> int:
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         results[name] = {}
+        args.name = name
         try:
             measure(factories[name], args, results[name])
         except Exception as exc:  # noqa: BLE001 - report it, keep the figures measured so far
@@ -303,16 +415,28 @@ def main(argv=None) -> int:
     results = {name: results[name] for name in ("dlexec", "ProcessPoolExecutor", "loky", "ipyparallel")
                if name in results}
 
+    found = {}
+    if not args.no_joblib:
+        print("measuring joblib ...", file=sys.stderr, flush=True)
+        try:
+            found = measure_joblib(args)
+        except ImportError:
+            print("  joblib is not installed: skipped", file=sys.stderr)
+
     print(header(args))
     print()
     print(table(results, args))
+    if found:
+        print()
+        print(joblib_table(found))
     for name, pids in left.items():
         if pids:
             print(f"\nWARNING: {name}: worker processes still alive after shutdown: {pids}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "platform": platform.platform(), "cpus": os.cpu_count(),
-                       "python": platform.python_version(), "results": results, "leftover_pids": left,
+                       "python": platform.python_version(), "results": results, "joblib": found,
+                       "leftover_pids": left,
                        "note": "medians in seconds, except roundtrip in milliseconds"}, f, indent=2)
         print(f"\nraw numbers written to {args.json}")
     if args.png:

@@ -137,6 +137,10 @@ class KernelChannel:
 
         Callbacks run on the runtime's I/O thread and must not block.
         """
+        if msg_type == worker.REQUEST:
+            layout, buffers = serialization.pack(buffers)
+            if layout:
+                content = {**content, "layout": layout}
         msg = self.runtime.message(msg_type, content)
         msg_id = msg["header"]["msg_id"]
         with self._lock:
@@ -253,6 +257,8 @@ class KernelChannel:
             elif msg["header"]["msg_type"] == "stream":
                 _echo_stream(msg["content"])
             return
+        if "layout" in msg["content"] and msg.get("buffers"):  # a dlexec_reply with packed frames
+            msg["buffers"] = serialization.unpack(msg["content"]["layout"], msg["buffers"])
         if request is not None and request.on_reply(msg):
             with self._lock:
                 self._pending.pop(parent_id, None)

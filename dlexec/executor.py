@@ -41,6 +41,7 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import Executor, InvalidStateError
+from concurrent.futures._base import FINISHED
 from concurrent.futures.process import _chain_from_iterable_of_lists, _get_chunks, _process_chunk
 from functools import partial
 from typing import Any, Callable
@@ -201,6 +202,7 @@ class _Pool:
         self.broken: str | None = None
         self.shutting_down = False
         self.killed = False  # by kill(): broken on purpose
+        self.saturated = False  # see the end of _dispatch
         self._ids = itertools.count(1)
         self._names = itertools.count(1)
         self._finisher: threading.Thread | None = None
@@ -246,20 +248,23 @@ class _Pool:
         except Exception as exc:  # noqa: BLE001
             future.set_exception(exc)
             return future
-        blobs = [fn_blob, *shared]
-        uses_user_modules = bool(user_modules(modules.union(*(b.modules for b in blobs))))
+        blobs = [fn_blob, *shared] if shared else [fn_blob]
+        uses_user_modules = any(map(_uses_user_modules, blobs)) or bool(modules and user_modules(modules))
         item = _WorkItem(next(self._ids), future, frames, blobs, uses_user_modules, timeout, max_retries)
         future._interrupt = partial(self.interrupt, item)
+        future.add_done_callback(self._count)
         with self.lock:
             self.check_open()
             self.counts["submitted"] += 1
-            future.add_done_callback(self._count)
             self.pending.append(item)
-            self._dispatch()
+            if not self.saturated:  # else nothing can take it now: skip the scheduling pass
+                self._dispatch()
         return future
 
     def _count(self, future: TaskFuture) -> None:
-        outcome = "cancelled" if future.cancelled() else ("failed" if future.exception() is not None else "done")
+        state = future._state  # final when callbacks run: no need for the future's lock
+        outcome = "done" if state == FINISHED and future._exception is None else (
+            "failed" if state == FINISHED else "cancelled")
         with self._counts_lock:
             self.counts[outcome] += 1
 
@@ -310,6 +315,9 @@ class _Pool:
         active = sum(1 for w in self.workers if w.state not in ("stopped", "retiring"))
         if self.pending and starting < len(self.pending) and active < self.max_workers:
             self._start_worker()
+        # Every kernel is busy and no other will start: until something changes (a reply, a
+        # kernel ready, a death: each dispatches again), a new submit only joins the queue.
+        self.saturated = bool(self.pending) and active >= self.max_workers
 
     def _pipeline_depth(self) -> int:
         """Queue work behind a busy kernel only for short tasks, where hiding the message
@@ -836,6 +844,12 @@ def _common_length(iterables) -> int | None:
         return min(len(iterable) for iterable in iterables)
     except (TypeError, ValueError):  # not all sized, or no iterables
         return None
+
+
+def _uses_user_modules(blob: Blob) -> bool:
+    if blob.uses_user_modules is None:
+        blob.uses_user_modules = bool(user_modules(blob.modules))
+    return blob.uses_user_modules
 
 
 def _cancel(items: list[_WorkItem]) -> None:

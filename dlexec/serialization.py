@@ -163,12 +163,31 @@ def dumps(obj, pickler: type[Pickler] | None = None, modules: set | None = None,
     objects met are appended to it.
     """
     if pickler is None:
+        if _is_simple(obj, 2):  # numbers and strings: no pickler of our own to set up
+            return [_PLAIN + pickle.dumps(obj, PROTOCOL)]
         try:
             return _dump(obj, _PlainPickler, _PLAIN, {}, modules, shared)
         except Exception:  # noqa: BLE001 - _NeedsDill, or something only dill can pickle
             pass
         pickler = Pickler
     return _dump(obj, pickler, _DILL, {"recurse": True}, modules, shared)
+
+
+_SIMPLE = frozenset({int, float, str, bytes, bool, complex, type(None)})
+
+
+def _is_simple(obj, depth: int) -> bool:
+    """Numbers, strings and small tuples/lists/dicts of them, ``depth`` levels deep."""
+    cls = type(obj)
+    if cls in _SIMPLE:
+        return True
+    if depth == 0:
+        return False
+    if cls is tuple or cls is list:
+        return len(obj) <= 16 and all(_is_simple(item, depth - 1) for item in obj)
+    if cls is dict:
+        return len(obj) <= 16 and all(type(k) is str and _is_simple(v, depth - 1) for k, v in obj.items())
+    return False
 
 
 def _dump(obj, pickler, header: bytes, options: dict, modules, shared) -> Frames:
@@ -183,7 +202,9 @@ def _dump(obj, pickler, header: bytes, options: dict, modules, shared) -> Frames
         modules |= instance.modules
     if shared is not None:
         shared.extend(instance.shared)
-    return [stream.getbuffer(), *(_raw(b) for b in buffers)]
+    # A small stream is copied out (faster than exporting a view); a large one is not.
+    head = stream.getvalue() if stream.tell() < 65536 else stream.getbuffer()
+    return [head, *(_raw(b) for b in buffers)]
 
 
 def loads(frames: Frames):
@@ -194,17 +215,52 @@ def loads(frames: Frames):
     return dill.loads(stream[1:], buffers=frames[1:])
 
 
+# --- many small frames travel as one buffer ----------------------------------------------------
+
+PACK_LIMIT = 65536  # frames smaller than this are joined into one message buffer
+
+
+def pack(frames: Frames) -> tuple[list | None, list]:
+    """``(layout, buffers)``: the small frames joined into the first buffer, the large ones
+    after it, untouched; ``layout`` is None when there was nothing worth joining.
+
+    A batch of a hundred tasks is then a few message buffers rather than a hundred: each
+    buffer costs ZeroMQ and jupyter-client a fixed amount of work on both sides.
+    """
+    sizes = [frame.nbytes if type(frame) is memoryview else len(frame) for frame in frames]
+    small = [frame for frame, size in zip(frames, sizes) if size < PACK_LIMIT]
+    if len(small) < 2:
+        return None, list(frames)
+    layout = [size if size < PACK_LIMIT else -1 for size in sizes]
+    return layout, [b"".join(small), *(frame for frame, size in zip(frames, sizes) if size >= PACK_LIMIT)]
+
+
+def unpack(layout: list, buffers: list) -> Frames:
+    """The frames that :func:`pack` made ``buffers`` of (views, no copies)."""
+    joined = memoryview(buffers[0]).cast("B")
+    large = iter(buffers[1:])
+    frames, position = [], 0
+    for size in layout:
+        if size < 0:
+            frames.append(next(large))
+        else:
+            frames.append(joined[position : position + size])
+            position += size
+    return frames
+
+
 # --- blobs: what travels once per runtime ----------------------------------------------------
 
 
 class Blob:
     """Serialized once, sent once per runtime: a callable or a :class:`Shared` object."""
 
-    __slots__ = ("key", "frames", "nbytes", "modules", "__weakref__")
+    __slots__ = ("key", "frames", "nbytes", "modules", "uses_user_modules", "__weakref__")
 
     def __init__(self, key: str, frames: Frames, modules: set):
         self.key, self.frames, self.modules = key, frames, modules
         self.nbytes = sum(memoryview(f).nbytes for f in frames)
+        self.uses_user_modules: bool | None = None  # the client works it out, on first use
 
     @classmethod
     def of(cls, obj, key: str | None = None) -> Blob:

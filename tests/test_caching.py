@@ -200,3 +200,12 @@ def test_a_redefined_main_function_runs_its_new_version(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines == ["A 4 [4, 6]", "B 20 [20, 30]", "C 1010", "D -1 [-1, -2]"], result.stdout
+
+
+def test_small_frames_travel_joined_and_large_ones_alone():
+    large = bytes(range(256)) * 1024  # 256 KiB: sent as its own buffer, not copied
+    frames = [b"a", memoryview(b"bc"), large, b"", b"def"]
+    layout, buffers = serialization.pack(frames)
+    assert len(buffers) == 2 and buffers[1] is large
+    assert [bytes(f) for f in serialization.unpack(layout, buffers)] == [bytes(f) for f in frames]
+    assert serialization.pack([b"only one"]) == (None, [b"only one"])
