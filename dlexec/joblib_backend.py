@@ -249,7 +249,7 @@ def _make_backend_class() -> type:
                 future.cancel()
             else:
                 try:
-                    future = executor.submit(func)
+                    future = _submit_batch(executor, func)
                 except Exception as exc:  # noqa: BLE001 - shut down or broken: report it through joblib
                     future = TaskFuture()
                     if self._aborted:
@@ -353,6 +353,37 @@ def _make_backend_class() -> type:
     DatalayerBackend.__module__ = __name__
     DatalayerBackend.__qualname__ = "DatalayerBackend"
     return DatalayerBackend
+
+
+def _submit_batch(executor, batch):
+    """Submit a joblib ``BatchedCalls``, its functions sent once per runtime.
+
+    Pickled whole, a batch carries its functions by value (those from ``__main__`` or a
+    notebook) every time; here each function travels as a cached blob, as with ``map``.
+    """
+    from joblib.parallel import BatchedCalls
+
+    from .serialization import Shared
+
+    if type(batch) is not BatchedCalls:
+        return executor.submit(batch)
+    handles: dict[int, Shared] = {}
+    items = []
+    for func, args, kwargs in batch.items:
+        handle = handles.get(id(func))
+        if handle is None:
+            blob = executor._pool.callable_blob(func)
+            handle = handles[id(func)] = Shared.of_blob(blob, getattr(func, "__name__", type(func).__name__))
+        items.append((handle, args, kwargs))
+    return executor.submit(_run_batch, items, batch._backend, batch._n_jobs)
+
+
+def _run_batch(items, backend, n_jobs):
+    """In a runtime: what ``BatchedCalls.__call__`` does."""
+    from joblib import parallel_config
+
+    with parallel_config(backend=backend, n_jobs=n_jobs):
+        return [func(*args, **kwargs) for func, args, kwargs in items]
 
 
 def _check_options(options: dict) -> None:

@@ -288,6 +288,13 @@ class Shared:
         self.type_name = type(obj).__name__
         self.blob = Blob.of(obj, key=f"shared-{uuid.uuid4().hex}")
 
+    @classmethod
+    def of_blob(cls, blob: Blob, type_name: str) -> Shared:
+        """A handle on something already serialized (a cached callable)."""
+        shared = cls.__new__(cls)
+        shared.blob, shared.type_name = blob, type_name
+        return shared
+
     @property
     def nbytes(self) -> int:
         return self.blob.nbytes

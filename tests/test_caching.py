@@ -209,3 +209,12 @@ def test_small_frames_travel_joined_and_large_ones_alone():
     assert len(buffers) == 2 and buffers[1] is large
     assert [bytes(f) for f in serialization.unpack(layout, buffers)] == [bytes(f) for f in frames]
     assert serialization.pack([b"only one"]) == (None, [b"only one"])
+
+
+def test_joblib_batches_send_their_function_once_per_runtime():
+    import joblib
+
+    with joblib.parallel_config(backend="datalayer", n_jobs=2):
+        results = joblib.Parallel(batch_size=4)(joblib.delayed(Counted())(x) for x in range(200))
+    assert [x for x, _, _ in results] == list(range(200))
+    assert {loads for _, loads, _ in results} == {1}  # 50 batches, one unpickling per kernel
