@@ -118,7 +118,7 @@ def ipyparallel_factory(n):
     import ipyparallel
 
     with ipyparallel.Cluster(n=n) as client:
-        client[:].use_dill()  # the tasks live in __main__
+        client[:].use_cloudpickle()  # the tasks live in __main__ (and use its imports)
         executor = client.executor()
         try:
             yield executor
@@ -198,6 +198,8 @@ def measure(factory, args, results: dict) -> None:
         for _ in range(20):
             ex.submit(identity, 0).result()
         results["roundtrip"] = median_time(lambda: ex.submit(identity, 1).result(), args.calls) * 1000
+        if args.name == "dlexec":
+            results["floor"] = median_time(kernel_info(ex), args.calls) * 1000
         for chunksize in (1, 100):
             list(ex.map(square, range(200), chunksize=chunksize))  # warm-up
             run = lambda: list(ex.map(square, range(args.tasks), chunksize=chunksize))  # noqa: E731
@@ -219,6 +221,21 @@ def measure(factory, args, results: dict) -> None:
                                            args.calls) * 1000
         finally:
             ex.shutdown(wait=True)
+
+
+def kernel_info(ex):
+    """A bare ``kernel_info_request`` to one of the executor's kernels and its reply: the
+    protocol's floor (no user code, no dlexec worker), through dlexec's own channel."""
+    import threading
+
+    channel = next(w for w in ex._pool.workers if w.state == "ready").service.channel
+
+    def call():
+        done = threading.Event()
+        channel.request("shell", "kernel_info_request", {}, on_reply=lambda msg: done.set() or True)
+        done.wait(10)
+
+    return call
 
 
 def measure_memory(factory, payload, results: dict) -> None:
@@ -264,6 +281,7 @@ def measure_joblib(args) -> dict:
 def rows(args) -> list[tuple[str, str]]:
     return [
         ("roundtrip", f"round trip, submit().result() (ms, median of {args.calls})"),
+        ("floor", "kernel_info_request round trip: the protocol's floor (ms)"),
         ("map1", f"map {args.tasks:,} tasks, chunksize=1 (s)"),
         ("map100", f"map {args.tasks:,} tasks, chunksize=100 (s)"),
         ("startup", "start-up to first result (s)"),
@@ -317,7 +335,7 @@ def joblib_table(found: dict) -> str:
 
 def table(results: dict, args) -> str:
     names = list(results)
-    peers = [n for n in ("ProcessPoolExecutor", "loky") if n in results]
+    peers = [n for n in ("ProcessPoolExecutor", "loky", "ipyparallel") if n in results]
     short = {"ProcessPoolExecutor": "PPE"}
     lines = [
         "| measurement | " + " | ".join(names) + " | " + " | ".join(f"dlexec / {short.get(p, p)}" for p in peers) + " |",
