@@ -348,7 +348,8 @@ def table(results: dict, args) -> str:
     return "\n".join(lines)
 
 
-def save_png(results: dict, args, path: str) -> None:
+def save_png(results: dict, args, path: str, found: dict | None = None) -> None:
+    """A bar chart of dlexec's time (or memory) over each peer's, one group per measurement."""
     try:
         import matplotlib
 
@@ -357,24 +358,33 @@ def save_png(results: dict, args, path: str) -> None:
     except ImportError:
         print(f"\nnote: matplotlib is not installed, {path} was not written")
         return
-    peers = [p for p in ("ProcessPoolExecutor", "loky") if p in results]
-    labels = [label for _, label in rows(args)]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    height = 0.8 / len(peers)
-    for i, peer in enumerate(peers):
-        values = []
-        for key, _ in rows(args):
+    series: dict[str, dict[str, float]] = {}
+    for peer in (p for p in ("ProcessPoolExecutor", "loky", "ipyparallel") if p in results):
+        for key, label in rows(args):
             a, b = results["dlexec"].get(key), results[peer].get(key)
-            values.append(a / b if a is not None and b else float("nan"))
-        ax.barh([y + i * height for y in range(len(labels))], values, height, label=f"dlexec / {peer}")
+            if a is not None and b:
+                series.setdefault(f"dlexec / {peer}", {})[label] = a / b
+    a, b = results["dlexec"].get("roundtrip"), results["dlexec"].get("floor")
+    if a and b:
+        series.setdefault("dlexec / protocol floor", {})[rows(args)[0][1]] = a / b
+    for key, label in JOBLIB_ROWS:
+        a, b = (found or {}).get("datalayer", {}).get(key), (found or {}).get("loky", {}).get(key)
+        if a is not None and b:
+            series.setdefault("joblib datalayer / loky", {})[label] = a / b
+    labels = [label for _, label in rows(args) + JOBLIB_ROWS if any(label in values for values in series.values())]
+    fig, ax = plt.subplots(figsize=(11, 0.6 * len(labels) + 1.5))
+    height = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        ys = [y + i * height for y, label in enumerate(labels) if label in values]
+        ax.barh(ys, [values[label] for label in labels if label in values], height, label=name)
     ax.axvline(1, color="black", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_yticks([y + height * (len(peers) - 1) / 2 for y in range(len(labels))], labels)
+    ax.set_yticks([y + height * (len(series) - 1) / 2 for y in range(len(labels))], labels)
     ax.invert_yaxis()
-    ax.set_xlabel("dlexec time / peer time (< 1: dlexec is faster)")
-    ax.legend()
+    ax.set_xlabel("dlexec / peer (< 1: dlexec is faster or uses less memory)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     print(f"\nbar chart written to {path}")
 
 
@@ -458,7 +468,7 @@ def main(argv=None) -> int:
                        "note": "medians in seconds, except roundtrip in milliseconds"}, f, indent=2)
         print(f"\nraw numbers written to {args.json}")
     if args.png:
-        save_png(results, args, args.png)
+        save_png(results, args, args.png, found)
     return 0
 
 

@@ -899,6 +899,11 @@ class DatalayerExecutor(Executor):
     Callables, arguments and results travel with dill; remote exceptions are re-raised
     with their remote traceback; a runtime that dies breaks the pool with a
     :class:`~dlexec.errors.WorkerLostError` (a ``BrokenProcessPool``).
+
+    ``task_timeout``, ``max_retries`` and ``interrupt_grace``: see :meth:`options` and
+    :meth:`TaskFuture.interrupt`. ``expiry_margin``: seconds before a paid runtime's
+    reservation ends from which it gets no new work. ``idle_timeout``: seconds after which
+    a runtime with nothing to do is stopped (a new one starts when work comes).
     """
 
     def __init__(
