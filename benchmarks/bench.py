@@ -201,9 +201,15 @@ def measure(factory, args, results: dict) -> None:
         if args.name == "dlexec":
             results["floor"] = median_time(kernel_info(ex), args.calls) * 1000
         for chunksize in (1, 100):
-            list(ex.map(square, range(200), chunksize=chunksize))  # warm-up
-            run = lambda: list(ex.map(square, range(args.tasks), chunksize=chunksize))  # noqa: E731
-            results[f"map{chunksize}"] = median_time(run, args.repeat)
+            try:
+                list(ex.map(square, range(200), chunksize=chunksize))  # warm-up
+            except TypeError:  # ipyparallel's executor has no chunksize
+                if chunksize > 1:
+                    continue
+                chunksize = None
+            options = {} if chunksize is None else {"chunksize": chunksize}
+            run = lambda: list(ex.map(square, range(args.tasks), **options))  # noqa: E731
+            results[f"map{chunksize or 1}"] = median_time(run, args.repeat)
         ex.submit(identity, payload[:1024]).result()
         back = ex.submit(identity, payload).result()
         if not np.array_equal(back, payload):
