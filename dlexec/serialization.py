@@ -63,13 +63,21 @@ class Pickler(dill.Pickler):
 
     def reducer_override(self, obj):
         cls = type(obj)
-        if _is_ndarray(cls):
-            return obj.__reduce_ex__(PROTOCOL)
-        if cls is Shared:
-            return _reduce_shared(self, obj)
+        reduced = _special_reduction(self, obj, cls)
+        if reduced is not None:
+            return reduced
         if self.modules is not None and (cls is types.FunctionType or isinstance(obj, type)):
             self.modules.add(getattr(obj, "__module__", None))
         return NotImplemented
+
+
+def _special_reduction(pickler, obj, cls):
+    """What both picklers do alike: NumPy arrays out of band, Shared objects by key."""
+    if _is_ndarray(cls):
+        return obj.__reduce_ex__(PROTOCOL)
+    if cls is Shared:
+        return _reduce_shared(pickler, obj)
+    return None
 
 
 #: What dill pickles by value, or differently from the standard pickler.
@@ -89,10 +97,9 @@ class _PlainPickler(pickle.Pickler):
 
     def reducer_override(self, obj):
         cls = type(obj)
-        if _is_ndarray(cls):
-            return obj.__reduce_ex__(PROTOCOL)
-        if cls is Shared:
-            return _reduce_shared(self, obj)
+        reduced = _special_reduction(self, obj, cls)
+        if reduced is not None:
+            return reduced
         if isinstance(obj, _DILL_ONLY) or cls.__module__ == "__main__":
             raise _NeedsDill
         if isinstance(obj, type):
