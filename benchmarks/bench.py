@@ -16,7 +16,8 @@ Every executor gets the same number of workers (``--workers``, default 2):
 5. joblib: ``Parallel(n_jobs=workers)`` with backend ``datalayer`` against joblib's default
    ``loky``: 2,000 tiny calls (auto-batching) and 40 calls of 25 ms each (s).
 
-Each figure is the median of ``--repeat`` runs (the round trip: of 200 calls). Pools are
+Each figure is the median of ``--repeat`` runs (the round trip: of 200 calls; fewer runs, at
+least one, once a measurement has taken 30 s: ipyparallel's 10,000 tasks). Pools are
 warmed up first (tasks run until every worker has answered), so only start-up counts the
 time to start workers. The ratio columns are dlexec's time divided by the peer's:
 < 1 means dlexec is faster, 2.0 means dlexec takes twice as long.
@@ -158,13 +159,16 @@ def executors() -> dict:
 seen_pids: set[int] = set()  # worker processes seen, checked after each executor
 
 
-def median_time(fn, repeat: int) -> float:
-    """Median wall-clock seconds of ``repeat`` calls of ``fn()``."""
+def median_time(fn, repeat: int, budget: float = 30.0) -> float:
+    """Median wall-clock seconds of ``repeat`` calls of ``fn()``, fewer (at least one) once
+    ``budget`` seconds are spent: a slow peer (ipyparallel's 10,000 tasks) ends in time."""
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+        if sum(times) > budget:
+            break
     return statistics.median(times)
 
 
