@@ -62,6 +62,8 @@ from .worker import CANCEL, REQUEST
 PIPELINE_DEPTH = 2
 #: Most tasks in one message.
 MAX_BATCH = 256
+#: Calls that map submits at a time (one pass of the lock and the scheduler each).
+MAP_GROUP = 64
 #: How much work (by measured task durations) one batch carries.
 BATCH_SECONDS = 0.05
 #: Blobs (callables, shared objects) a runtime keeps: past either bound, it starts afresh.
@@ -233,33 +235,54 @@ class _Pool:
     def submit(self, fn: Callable | None, args: tuple, kwargs: dict, timeout: float | None = None,
                max_retries: int | None = None, fn_blob: Blob | BaseException | None = None) -> TaskFuture:
         """Queue ``fn(*args, **kwargs)``; ``fn_blob`` is ``fn`` already serialized (by ``map``)."""
+        return self.submit_many(fn, [(args, kwargs)], timeout, max_retries, fn_blob)[0]
+
+    def submit_many(self, fn: Callable | None, calls: list[tuple[tuple, dict]], timeout: float | None = None,
+                    max_retries: int | None = None, fn_blob: Blob | BaseException | None = None) -> list[TaskFuture]:
+        """Queue ``fn(*args, **kwargs)`` for each ``(args, kwargs)`` in ``calls``, in one pass
+        of the lock and the scheduler (``map`` submits this way, a group at a time)."""
         self.check_open()
         timeout = self.task_timeout if timeout is None else timeout
         max_retries = self.max_retries if max_retries is None else max_retries
-        future = TaskFuture()
+        if fn_blob is None:
+            try:
+                fn_blob = self.callable_blob(fn)
+            except Exception as exc:  # noqa: BLE001 - as ProcessPoolExecutor: the future carries it
+                fn_blob = exc
+        futures, items = [], []
+        for args, kwargs in calls:
+            future = TaskFuture()
+            future.add_done_callback(self._count)
+            futures.append(future)
+            item = self._item(future, fn_blob, args, kwargs, timeout, max_retries)
+            if item is not None:
+                items.append(item)
+        with self.lock:
+            self.check_open()
+            self.counts["submitted"] += len(futures)
+            self.pending.extend(items)
+            if items and not self.saturated:  # else nothing can take them now: skip the scheduling pass
+                self._dispatch()
+        return futures
+
+    def _item(self, future: TaskFuture, fn_blob: Blob | BaseException, args: tuple, kwargs: dict,
+              timeout: float | None, max_retries: int) -> _WorkItem | None:
+        """The work item of one call, or None when it cannot be serialized (its future says why)."""
+        if isinstance(fn_blob, BaseException):
+            future.set_exception(fn_blob)
+            return None
         modules: set = set()
         shared: list[Blob] = []
-        try:  # as ProcessPoolExecutor: what cannot be serialized fails the future, not submit
-            if fn_blob is None:
-                fn_blob = self.callable_blob(fn)
-            elif isinstance(fn_blob, BaseException):
-                raise fn_blob
-            frames = serialization.dumps((args, kwargs), modules=modules, shared=shared)
+        try:
+            frames = serialization.dumps_call(args, kwargs, modules=modules, shared=shared)
         except Exception as exc:  # noqa: BLE001
             future.set_exception(exc)
-            return future
+            return None
         blobs = [fn_blob, *shared] if shared else [fn_blob]
         uses_user_modules = any(map(_uses_user_modules, blobs)) or bool(modules and user_modules(modules))
         item = _WorkItem(next(self._ids), future, frames, blobs, uses_user_modules, timeout, max_retries)
         future._interrupt = partial(self.interrupt, item)
-        future.add_done_callback(self._count)
-        with self.lock:
-            self.check_open()
-            self.counts["submitted"] += 1
-            self.pending.append(item)
-            if not self.saturated:  # else nothing can take it now: skip the scheduling pass
-                self._dispatch()
-        return future
+        return item
 
     def _count(self, future: TaskFuture) -> None:
         state = future._state  # final when callbacks run: no need for the future's lock
@@ -337,10 +360,11 @@ class _Pool:
         tasks, frames = [], []
         now = time.time()
         sent_at = time.monotonic()
+        runtime_id = worker.runtime_id
         for item in items:
             tasks.append([item.id, len(item.frames), item.timeout, item.blobs[0].key])
             frames.extend(item.frames)  # kept until done: a retry sends them again
-            item.future.runtime_id = worker.runtime_id
+            item.future.runtime_id = runtime_id
             item.future.started_at = now
             item.sent_at, item.worker = sent_at, worker
             if item.timeout is not None:
@@ -806,9 +830,12 @@ def _map(executor, fn: Callable, calls, timeout: float | None, buffersize: int |
     except Exception as exc:  # noqa: BLE001 - raised by each result, as submit would
         blob = exc
     if buffersize:
-        fs = deque(pool.submit(None, args, {}, *settings, fn_blob=blob) for args in itertools.islice(calls, buffersize))
+        first = [(args, {}) for args in itertools.islice(calls, buffersize)]
+        fs = deque(pool.submit_many(None, first, *settings, fn_blob=blob) if first else ())
     else:
-        fs = [pool.submit(None, args, {}, *settings, fn_blob=blob) for args in calls]
+        fs = []
+        while group := [(args, {}) for args in itertools.islice(calls, MAP_GROUP)]:
+            fs.extend(pool.submit_many(None, group, *settings, fn_blob=blob))
     # A result iterator does not keep the executor alive (nor options(), the executor's).
     executor_ref = weakref.ref(getattr(executor, "_executor", executor))
 

@@ -170,7 +170,7 @@ def dumps(obj, pickler: type[Pickler] | None = None, modules: set | None = None,
     objects met are appended to it.
     """
     if pickler is None:
-        if _is_simple(obj, 2):  # numbers and strings: no pickler of our own to set up
+        if _is_simple(obj):  # numbers and strings: no pickler of our own to set up
             return [_PLAIN + pickle.dumps(obj, PROTOCOL)]
         try:
             return _dump(obj, _PlainPickler, _PLAIN, {}, modules, shared)
@@ -183,18 +183,17 @@ def dumps(obj, pickler: type[Pickler] | None = None, modules: set | None = None,
 _SIMPLE = frozenset({int, float, str, bytes, bool, complex, type(None)})
 
 
-def _is_simple(obj, depth: int) -> bool:
-    """Numbers, strings and small tuples/lists/dicts of them, ``depth`` levels deep."""
+def _is_simple(obj) -> bool:
+    """A number or a string, or a tuple or list of them."""
     cls = type(obj)
-    if cls in _SIMPLE:
-        return True
-    if depth == 0:
-        return False
-    if cls is tuple or cls is list:
-        return len(obj) <= 16 and all(_is_simple(item, depth - 1) for item in obj)
-    if cls is dict:
-        return len(obj) <= 16 and all(type(k) is str and _is_simple(v, depth - 1) for k, v in obj.items())
-    return False
+    return cls in _SIMPLE or ((cls is tuple or cls is list) and _SIMPLE.issuperset(map(type, obj)))
+
+
+def dumps_call(args: tuple, kwargs: dict, modules: set | None = None, shared: list | None = None) -> Frames:
+    """:func:`dumps` of a call's ``(args, kwargs)``, with a shortcut for plain numbers and strings."""
+    if _SIMPLE.issuperset(map(type, args)) and (not kwargs or _SIMPLE.issuperset(map(type, kwargs.values()))):
+        return [_PLAIN + pickle.dumps((args, kwargs), PROTOCOL)]
+    return dumps((args, kwargs), modules=modules, shared=shared)
 
 
 def _dump(obj, pickler, header: bytes, options: dict, modules, shared) -> Frames:
