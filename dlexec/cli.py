@@ -1,7 +1,12 @@
 """The ``dlexec`` command line: the Datalayer account, environments, runtimes and snapshots.
 
-Tables by default, JSON with ``--json``. Errors print ``dlexec: <message>`` on stderr and
-exit with 1 (2 for usage errors).
+Tables by default, JSON with ``--json`` (runtime tokens masked as ``***`` unless
+``--show-tokens``). Errors print ``dlexec: <message>`` on stderr and exit with 1 (2 for usage
+errors and bad settings).
+
+The API key comes from ``$DATALAYER_API_KEY`` (or ``$DATALAYER_EXTERNAL_TOKEN``) or
+``--token-file PATH``; ``--token`` works too but warns: a command line shows in the process
+list and the shell history.
 """
 
 from __future__ import annotations
@@ -15,20 +20,29 @@ from collections.abc import Callable
 from typing import Any
 
 from .datalayer import DatalayerClient, DatalayerError, RuntimeInfo, Snapshot, terminate_command
+from .secrets import check_token, mask_keys
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
-    for name, default in (("token", None), ("run_url", None), ("iam_url", None), ("json", False)):
+    for name, default in (("token", None), ("token_file", None), ("run_url", None), ("iam_url", None),
+                          ("json", False), ("show_tokens", False)):
         if not hasattr(args, name):  # the global options default to SUPPRESS (see _parser)
             setattr(args, name, default)
     if not getattr(args, "handler", None):  # a group without its command: ``dlexec runtimes``
         getattr(args, "parser", parser).print_help(sys.stderr)
         return 2
+    if args.token and args.token_file:
+        getattr(args, "parser", parser).error("give --token or --token-file, not both")
+    try:  # the token and the URLs are checked before any request
+        client = DatalayerClient(_token(args), args.run_url, args.iam_url)
+    except ValueError as exc:
+        print(f"dlexec: {exc}", file=sys.stderr)
+        return 2
     try:
-        with DatalayerClient(args.token, args.run_url, args.iam_url) as client:
+        with client:
             return args.handler(client, args) or 0
     except DatalayerError as exc:
         print(f"dlexec: {exc}", file=sys.stderr)
@@ -36,6 +50,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dlexec: interrupted", file=sys.stderr)
         return 130
+
+
+def _token(args) -> str | None:
+    """The token from ``--token-file`` (its trailing line break removed) or ``--token`` (with a
+    warning), else None (the client reads the environment). A ``ValueError`` if it is unusable."""
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as file:
+                token = file.read().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror or type(exc).__name__
+            raise ValueError(f"cannot read --token-file {args.token_file}: {reason}") from None
+        if not token:
+            raise ValueError(f"--token-file {args.token_file} is empty")
+        return check_token(token, f"--token-file {args.token_file}")
+    if args.token:
+        print("dlexec: warning: --token shows the token in the process list and the shell history; "
+              "set $DATALAYER_API_KEY or use --token-file PATH instead", file=sys.stderr)
+        return check_token(args.token, "--token")
+    return None
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -68,7 +102,10 @@ def _runtimes_create(client: DatalayerClient, args) -> None:
     runtime = client.create_runtime(args.environment, args.time_reservation, args.name, args.snapshot)
     if not _json_out(args, runtime.raw):
         print(_runtime_table([runtime]))
-        print(f"\nJupyter Server: {runtime.ingress}\nterminate it with: {terminate_command(runtime.pod_name)}")
+        print(f"\nJupyter Server: {runtime.ingress}")
+        if args.show_tokens:
+            print(f"Jupyter Server token: {runtime.token}")
+        print(f"terminate it with: {terminate_command(runtime.pod_name)}")
 
 
 def _runtimes_terminate(client: DatalayerClient, args) -> int:
@@ -114,9 +151,12 @@ def _snapshots_delete(client: DatalayerClient, args) -> int:
 # -- output --------------------------------------------------------------------------------------
 
 def _json_out(args, data: Any) -> bool:
-    """Print ``data`` as JSON if ``--json`` was given; whether it was."""
+    """Print ``data`` as JSON if ``--json`` was given, tokens masked unless ``--show-tokens``; whether it was."""
     if args.json:
-        json.dump(data, sys.stdout, indent=2, default=lambda o: dataclasses.asdict(o))
+        data = json.loads(json.dumps(data, default=lambda o: dataclasses.asdict(o)))
+        if not args.show_tokens:
+            data = mask_keys(data)
+        json.dump(data, sys.stdout, indent=2)
         print()
         return True
     return False
@@ -160,14 +200,20 @@ def _parser() -> argparse.ArgumentParser:
     # and ``dlexec runtimes ls --json``. SUPPRESS keeps a later default from hiding an earlier value.
     common = argparse.ArgumentParser(add_help=False)
     options = common.add_argument_group("global options")
+    options.add_argument("--token-file", default=argparse.SUPPRESS, metavar="PATH",
+                         help="read the Datalayer API key from this file (default: $DATALAYER_API_KEY, "
+                              "then $DATALAYER_EXTERNAL_TOKEN)")
     options.add_argument("--token", default=argparse.SUPPRESS,
-                         help="Datalayer API key (default: $DATALAYER_API_KEY, then $DATALAYER_EXTERNAL_TOKEN)")
+                         help="the API key itself: avoid it, the process list and your shell history show it")
     options.add_argument("--run-url", default=argparse.SUPPRESS,
                          help="runtimes API base URL (default: $DATALAYER_RUN_URL or https://prod1.datalayer.run)")
     options.add_argument("--iam-url", default=argparse.SUPPRESS,
                          help="IAM API base URL (default: $DATALAYER_IAM_URL or the run URL)")
     options.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                          help="print JSON to stdout instead of tables")
+    options.add_argument("--show-tokens", action="store_true", default=argparse.SUPPRESS,
+                         help="show runtime tokens (masked as *** in --json output by default; "
+                              "`runtimes create` prints the new runtime's token)")
 
     parser = argparse.ArgumentParser(prog="dlexec", parents=[common],
                                      description="Manage Datalayer runtimes, environments and snapshots.")
@@ -193,7 +239,8 @@ def _parser() -> argparse.ArgumentParser:
     command(runtimes, "ls", _runtimes_ls, "list your runtimes", aliases=["list"])
     create = command(runtimes, "create", _runtimes_create, "create a runtime")
     create.add_argument("environment", metavar="ENV", help="environment name (see: dlexec envs ls)")
-    create.add_argument("--name", help="the runtime's given name")
+    create.add_argument("--name", help="the runtime's given name; keep it unique: after an unclear answer "
+                                       "the runtime is found by it")
     create.add_argument("--time-reservation", type=float, default=10.0, metavar="MINUTES",
                         help="credits reserved for this many minutes (default: 10)")
     create.add_argument("--snapshot", metavar="NAME_OR_UID", help="start from this snapshot")

@@ -2,9 +2,11 @@
 
 Unlike the reference SDK, every failure raises a :class:`DatalayerError` that says which
 request failed, with which status and what the server answered; the URLs honour
-``$DATALAYER_RUN_URL`` / ``$DATALAYER_IAM_URL``; reads and runtime creation are retried on
-transient failures (connection errors, 502/503/504) with exponential back-off, up to a
-deadline; a snapshot is looked up by what was created, never "the last one listed".
+``$DATALAYER_RUN_URL`` / ``$DATALAYER_IAM_URL``; reads are retried on transient failures
+(connection errors, 502/503/504) with exponential back-off, up to a deadline; a runtime
+creation that may have reached the server is never sent again, but reconciled by listing
+(see :meth:`DatalayerClient.create_runtime`); a snapshot is looked up by what was created,
+never "the last one listed".
 
 The token is the ``token`` argument, else ``$DATALAYER_API_KEY``, else
 ``$DATALAYER_EXTERNAL_TOKEN`` (also sent as ``X-External-Token``). A missing token is
@@ -15,23 +17,34 @@ can be built, and its URLs inspected, without one.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
+import numbers
 import os
 import re
+import secrets
 import shlex
 import time
 import uuid
-from typing import Any
+import warnings
+from typing import Any, Callable
 from urllib.parse import quote
 
 import requests
+import urllib3
 
 from .errors import AuthenticationError, CapacityError, DatalayerError, NotFoundError, UnknownNameError
+from .secrets import SecretSession, check_token, check_transport
 from .snapshots import RuntimeSnapshotModel
 
 DEFAULT_URL = "https://prod1.datalayer.run"
 RUNTIMES_API = "/api/runtimes/v1"
 IAM_API = "/api/iam/v1"
 TOKEN_ENV_VARS = ("DATALAYER_API_KEY", "DATALAYER_EXTERNAL_TOKEN")
+#: Seconds between the listings that look for the runtime of a create whose outcome is unclear.
+RECONCILE_DELAYS = (1.0, 2.0)
+
+_log = logging.getLogger("dlexec")
 
 
 @dataclasses.dataclass
@@ -117,12 +130,15 @@ def terminate_command(pod_name: str) -> str:
 
 
 def resolve_token(token: str | None = None) -> tuple[str | None, str | None]:
-    """``(token, source)``: the argument, else ``$DATALAYER_API_KEY``, else ``$DATALAYER_EXTERNAL_TOKEN``."""
+    """``(token, source)``: the argument, else ``$DATALAYER_API_KEY``, else ``$DATALAYER_EXTERNAL_TOKEN``.
+
+    A malformed token (whitespace, line breaks, non-ASCII) is a ``ValueError`` naming its source.
+    """
     if token:
-        return token, "argument"
+        return check_token(token, "the Datalayer token= argument"), "argument"
     for name in TOKEN_ENV_VARS:
         if os.environ.get(name):
-            return os.environ[name], name
+            return check_token(os.environ[name], f"${name}"), name
     return None, None
 
 
@@ -132,18 +148,26 @@ class DatalayerClient:
     ``timeout`` bounds each request (seconds); ``retry_deadline`` bounds the retries of one
     call (seconds, back-off 0.5, 1, 2, 4, 4... s). Use it as a context manager, or call
     :meth:`close`.
+
+    The token is checked here, before any request: a malformed one, or one that would go over
+    plain ``http://`` to another machine, is a ``ValueError`` (``allow_insecure=True`` or
+    ``$DLEXEC_ALLOW_INSECURE=1`` allows the latter). It never follows a redirect to another host.
     """
 
     def __init__(self, token: str | None = None, run_url: str | None = None, iam_url: str | None = None, *,
-                 timeout: float = 60.0, retry_deadline: float = 30.0):
+                 timeout: float = 60.0, retry_deadline: float = 30.0, allow_insecure: bool = False):
         self.token, self.token_source = resolve_token(token)
         self.run_url = (run_url or os.environ.get("DATALAYER_RUN_URL") or DEFAULT_URL).rstrip("/")
         self.iam_url = (iam_url or os.environ.get("DATALAYER_IAM_URL") or self.run_url).rstrip("/")
+        self.allow_insecure = allow_insecure
+        if self.token:
+            for url in dict.fromkeys((self.run_url, self.iam_url)):
+                check_transport(url, "the Datalayer API token", allow_insecure)
         self.timeout = timeout
         self.retry_deadline = retry_deadline
         from . import __version__
 
-        self._session = requests.Session()
+        self._session = SecretSession(("Authorization", "X-External-Token"))
         self._session.headers.update({
             "Accept": "application/json",
             "Content-Type": "application/json",
@@ -193,28 +217,102 @@ class DatalayerClient:
                        snapshot: str | None = None) -> RuntimeInfo:
         """Create (and start billing) a runtime; delete it with :meth:`delete_runtime`.
 
-        The credits reserved are the environment's burning rate × 60 × ``time_reservation_minutes``.
-        ``snapshot`` (a snapshot uid or name) restores that snapshot into the new runtime.
-        Raises :class:`CapacityError` when no runtime is available after the retries.
+        The credits reserved (the most the runtime may burn before the server stops it) are the
+        environment's burning rate × 60 × ``time_reservation_minutes``: a reservation that is
+        not a positive number, or an environment without a burning rate, is a ``ValueError``
+        before anything is sent. ``snapshot`` (a snapshot uid or name) restores that snapshot
+        into the new runtime. Raises :class:`CapacityError` when no runtime is available after
+        the retries.
+
+        The request is never sent twice once it may have reached the server (a duplicate would
+        be a paid runtime nobody owns): it is retried only on the API's own "no capacity" 503
+        and on connection errors that happened before sending. When the outcome is unclear
+        (another 5xx, a timeout, a dropped connection), the runtime is looked up by
+        ``given_name`` and returned if found; when the call is interrupted (Ctrl-C), the
+        runtime found is deleted and the interruption propagates. This needs a ``given_name``
+        unique among the account's runtimes: without one, a random ``dlexec-<hex>`` is used.
         """
+        minutes = check_time_reservation(time_reservation_minutes)
         env = self.get_environment(environment)
+        rate = env.burning_rate
+        if not (isinstance(rate, numbers.Real) and math.isfinite(rate) and rate > 0):
+            raise ValueError(f"environment {env.name!r} has no burning rate (credits per second), so the runtime's "
+                             "credits limit would be 0: choose an environment with a positive rate "
+                             "(`dlexec envs ls`)")
+        given_name = given_name or f"dlexec-{secrets.token_hex(4)}"
         body: dict[str, Any] = {
             "type": "notebook",
             "environment_name": env.name,
-            "credits_limit": env.burning_rate * 60.0 * float(time_reservation_minutes),
+            "credits_limit": rate * 60.0 * minutes,
+            "given_name": given_name,
         }
-        if given_name:
-            body["given_name"] = given_name
         if snapshot:
             body["from"] = self._find_snapshot(snapshot).uid
+        url = self._run("/runtimes")
+        self._headers("POST", url)  # no usable token fails here, before anything is sent (nothing to reconcile)
         try:
-            data = self._request("POST", self._run("/runtimes"), json=body, retry_statuses=(502, 503, 504),
-                                 retry_errors=(requests.ConnectionError,))
-        except DatalayerError as exc:
-            if exc.status in (None, 502, 504):  # the request may have gone through
-                exc.message += "; a runtime may have been created anyway: check `dlexec runtimes ls`"
+            data = self._request("POST", url, json=body, retry_statuses=(503,), retry_errors=_not_sent,
+                                 retry_if=_no_capacity)
+            return self._runtime_from(data, "POST", url)
+        except CapacityError:  # refused by the API: nothing was created
             raise
-        return self._runtime_from(data, "POST", self._run("/runtimes"))
+        except DatalayerError as exc:
+            if exc.status is not None and 400 <= exc.status < 500:  # refused: nothing was created
+                raise
+            return self._reconcile_create(given_name, exc, keep=True)  # unclear: it may exist
+        except BaseException as exc:  # Ctrl-C, SystemExit, a bug: the caller will not get the runtime
+            self._reconcile_create(given_name, exc, keep=False)
+            raise
+
+    def abandon_create(self, given_name: str) -> None:
+        """Delete the runtime of a create whose answer will not be awaited (at exit), found by its
+        unique ``given_name``. Failures are reported (log and ``RuntimeWarning``), never raised."""
+        self._reconcile_create(given_name, TimeoutError("no answer before exit"), keep=False)
+
+    def _reconcile_create(self, given_name: str, cause: BaseException, keep: bool) -> RuntimeInfo | None:
+        """After a create whose outcome is unclear (``cause``), find its runtime by ``given_name``.
+
+        ``keep``: return the runtime found, else raise ``cause``. Otherwise delete the runtime
+        found and return None. What cannot be looked up or deleted is reported (log and
+        ``RuntimeWarning``) with the commands that find and delete it.
+        """
+        try:
+            matches: list[RuntimeInfo] = []
+            for delay in (0.0, *RECONCILE_DELAYS):  # a server still creating it lists it a moment later
+                time.sleep(delay)
+                matches = [r for r in self.list_runtimes() if r.given_name == given_name]
+                if matches:
+                    break
+            if len(matches) > 1:  # the name is not ours alone: touch none of them
+                raise DatalayerError(f"several runtimes are named {given_name!r}: "
+                                     f"{', '.join(r.pod_name for r in matches)}")
+        except Exception as exc:  # noqa: BLE001 - reported, then the original failure goes on
+            message = (f"the request creating the Datalayer runtime {given_name!r} had an unclear outcome "
+                       f"({_brief(cause)}), and finding that runtime failed ({_brief(exc)}); it may be running and "
+                       f"consuming credits: look for {given_name!r} with `dlexec runtimes ls` and delete it with "
+                       "`dlexec runtimes terminate POD_NAME`")
+            _warn(message)
+            if keep:
+                raise DatalayerError(message, status=getattr(cause, "status", None), url=getattr(cause, "url", None),
+                                     method=getattr(cause, "method", None)) from cause
+            return None
+        found = matches[0] if matches else None
+        if keep:
+            if found is None:
+                if isinstance(cause, DatalayerError):
+                    cause.message += f"; no runtime named {given_name!r} is listed"
+                raise cause
+            _log.warning("dlexec: the request creating %s had an unclear outcome (%s); using the runtime %s it made",
+                         given_name, _brief(cause), found.pod_name)
+            return found
+        if found is not None:
+            try:
+                self.delete_runtime(found.pod_name)
+            except Exception as exc:  # noqa: BLE001 - reported, the interruption goes on
+                _warn(f"dlexec could not delete the Datalayer runtime {found.pod_name} ({given_name!r}), whose "
+                      f"creation was interrupted; it may be consuming credits: {_brief(exc)}. Delete it with: "
+                      f"{terminate_command(found.pod_name)}")
+        return None
 
     def list_runtimes(self) -> list[RuntimeInfo]:
         """The caller's live runtimes."""
@@ -308,15 +406,23 @@ class DatalayerClient:
     def _headers(self, method: str, url: str) -> dict:
         if not self.token:
             raise AuthenticationError("no token: set DATALAYER_API_KEY (or DATALAYER_EXTERNAL_TOKEN), "
-                                      "or pass token= / --token", hint="")
+                                      "or pass token= / --token-file", hint="")
+        check_transport(url, "the Datalayer API token", self.allow_insecure)  # also for URLs set after __init__
         headers = {"Authorization": f"Bearer {self.token}"}
         if self.token_source == "DATALAYER_EXTERNAL_TOKEN":
             headers["X-External-Token"] = self.token
         return headers
 
     def _request(self, method: str, url: str, *, json: dict | None = None, retry_statuses: tuple = (),
-                 retry_errors: tuple = ()) -> dict:
-        """One API call, retried as allowed; the JSON body (``{}`` when empty), or a :class:`DatalayerError`."""
+                 retry_errors: tuple | Callable[[requests.RequestException], bool] = (),
+                 retry_if: Callable[[requests.Response, dict], bool] | None = None) -> dict:
+        """One API call, retried as allowed; the JSON body (``{}`` when empty), or a :class:`DatalayerError`.
+
+        ``retry_errors``: exception types, or a predicate, for the failures without an answer
+        that may be retried. ``retry_statuses``: the statuses that may be retried, and, when
+        ``retry_if`` is given, only those answers it accepts (it also decides which 503 is the
+        API's "no capacity", a :class:`CapacityError`).
+        """
         headers = self._headers(method, url)
         deadline = time.monotonic() + self.retry_deadline
         delay, attempts = 0.5, 0
@@ -325,21 +431,28 @@ class DatalayerClient:
             try:
                 response = self._session.request(method, url, json=json, headers=headers, timeout=self.timeout)
             except requests.RequestException as exc:
-                if isinstance(exc, retry_errors) and time.monotonic() + delay < deadline:
+                retry = retry_errors(exc) if callable(retry_errors) else isinstance(exc, retry_errors)
+                if retry and time.monotonic() + delay < deadline:
                     time.sleep(delay)
                     delay = min(delay * 2, 4.0)
                     continue
                 reason = _describe(exc, self.timeout)
                 raise DatalayerError(f"{reason}{_tries(attempts)}", method=method, url=url) from exc
-            if response.status_code in retry_statuses and time.monotonic() + delay < deadline:
+            body = _json(response)
+            retry = response.status_code in retry_statuses and (retry_if is None or retry_if(response, body))
+            if retry and time.monotonic() + delay < deadline:
                 time.sleep(delay)
                 delay = min(delay * 2, 4.0)
                 continue
             break
         status = response.status_code
-        body = _json(response)
         if status >= 400 or body.get("success") is False:
-            raise _error(method, url, status, _server_message(response, body), attempts)
+            error = _error(method, url, status, _server_message(response, body), attempts)
+            if isinstance(error, CapacityError) and retry_if is not None and not retry_if(response, body):
+                # A 503 that is not the API's own refusal (a gateway's): the request may have gone through.
+                error = DatalayerError(_server_message(response, body) + _tries(attempts), status=status, url=url,
+                                       method=method)
+            raise error
         return body
 
 
@@ -356,6 +469,53 @@ def _error(method: str, url: str, status: int, message: str, attempts: int) -> D
     if status >= 500:
         message += _tries(attempts)
     return kind(message, status=status, url=url, method=method)
+
+
+def check_time_reservation(minutes: Any) -> float:
+    """``minutes`` as a float if it is a positive, finite number, else a ``ValueError`` that says what to pass."""
+    if isinstance(minutes, bool) or not isinstance(minutes, numbers.Real) or not (
+            math.isfinite(minutes) and minutes > 0):
+        raise ValueError(f"time_reservation must be a positive number of minutes (the runtime's credits limit is "
+                         f"its burning rate x 60 x time_reservation), not {minutes!r}: pass e.g. time_reservation=10")
+    return float(minutes)
+
+
+def _not_sent(exc: requests.RequestException) -> bool:
+    """Whether a request certainly never reached the server (no connection was made), so that
+    sending it again cannot create anything twice."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if not isinstance(exc, requests.ConnectionError):
+        return False
+    seen: set[int] = set()
+    pending: list[Any] = [exc]
+    while pending:  # requests wraps urllib3's MaxRetryError, whose .reason is the cause
+        item = pending.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, urllib3.exceptions.NewConnectionError):  # refused, DNS, no route
+            return True
+        pending += [getattr(item, "reason", None), getattr(item, "__cause__", None), *getattr(item, "args", ())[:1]]
+    return False
+
+
+def _no_capacity(response: requests.Response, body: dict) -> bool:
+    """Whether a create was refused by the API itself for lack of capacity (doc: R1 503): its JSON
+    answer with ``success: false``, not a gateway's 503 (then the request may have gone through)."""
+    return response.status_code == 503 and body.get("success") is False
+
+
+def _brief(exc: BaseException) -> str:
+    if isinstance(exc, DatalayerError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _warn(message: str) -> None:
+    """Report a runtime that may be left running: log it and warn (a warning also reaches notebooks)."""
+    _log.error(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _describe(exc: requests.RequestException, timeout: float) -> str:

@@ -363,7 +363,41 @@ class _ApiHandler(tornado.web.RequestHandler):
         self._dispatch()
 
     async def post(self) -> None:
-        self._dispatch()
+        fault = self.dl.create_fault
+        if fault is not None and self.request.path.rstrip("/") == RUNTIMES_PREFIX + "/runtimes":
+            await self._create_with_fault(fault)
+        else:
+            self._dispatch()
+
+    async def _create_with_fault(self, fault) -> None:
+        """R1 under ``create_fault``: the runtime IS created (spawned, listed), then its answer is delayed,
+        replaced by a gateway error, stripped of fields, or never sent (the connection is closed)."""
+        kind, arg = (fault, None) if isinstance(fault, str) else fault
+        try:
+            self.dl._check_auth(self.request)
+            status, payload = self.dl._create_runtime(self.request)
+        except _Reply as reply:  # refused: no runtime, no fault
+            self._send(reply.status, reply.payload)
+            return
+        if kind.startswith("delay"):
+            await asyncio.sleep(float(arg))
+            kind = kind[len("delay-then-"):] if kind.startswith("delay-then-") else "answer"
+        if kind in ("drop", "drop-after-create"):
+            self.detach().close()  # no status line at all, as when a proxy or the network drops the connection
+        elif re.fullmatch(r"5\d\d(-after-create)?", kind):
+            # What a gateway in front of the API sends: HTML, no JSON "success" (not the API's own 503).
+            code = int(kind[:3])
+            self.set_status(code)
+            self.set_header("Content-Type", "text/html")
+            self.finish(f"<html><body><h1>{code} {tornado.httputil.responses.get(code, '')}</h1></body></html>")
+        elif kind == "omit":
+            for key in arg:
+                payload["runtime"].pop(key, None)
+            self._send(status, payload)
+        elif kind == "answer":
+            self._send(status, payload)
+        else:
+            self._send(500, {"success": False, "message": f"unknown create_fault {fault!r}"})
 
     async def put(self) -> None:
         self._dispatch()
@@ -619,9 +653,15 @@ class DatalayerStandIn:
     - ``fail_deletes``: R5 answers 500 and does not delete.
     - ``expire(pod_name)``: the runtime expires now. The reaper also expires runtimes at ``expired_at``.
     - ``fail_next(method, path_regex, status, message)``: the next matching request (API or ingress) fails.
+    - ``create_fault``: None (default), or a fault applied to every R1 that would succeed; the runtime IS created
+      (spawned and listed) but its answer is ``("delay", s)``: sent s seconds late; ``"504-after-create"`` (or
+      another 5xx): replaced by a gateway's HTML error; ``"drop-after-create"``: never sent, the connection is
+      closed; ``("delay-then-504", s)`` / ``("delay-then-drop", s)``: both; ``("omit", keys)``: sent without
+      those RUNTIME keys.
 
     Introspection: ``live_runtimes()``, ``runtimes`` (all RuntimeRecords by pod, ended ones included),
-    ``runtime_record(pod)``, ``requests``, ``snapshots``, ``credits``.
+    ``runtime_record(pod)``, ``requests`` (every request received, as it arrived), ``sent(method, path_regex)``,
+    ``snapshots``, ``credits``.
     """
 
     def __init__(
@@ -652,6 +692,7 @@ class DatalayerStandIn:
         self.capacity: int | None = None
         self.warmup_502 = 0
         self.fail_deletes = False
+        self.create_fault: str | tuple | None = None
         # introspection
         self.requests: list[tuple[str, str, Any, dict[str, str]]] = []
         self.user_uid = new_ulid().upper()
@@ -826,12 +867,22 @@ class DatalayerStandIn:
         with self._lock:
             return [copy.deepcopy(s) for s in self._snapshots.values()]
 
+    def sent(self, method: str, path_regex: str) -> list[tuple[str, str, Any, dict[str, str]]]:
+        """The recorded requests with this method whose path matches ``path_regex`` (``re.search``), in order."""
+        pattern = re.compile(path_regex)
+        return [r for r in list(self.requests) if r[0] == method.upper() and pattern.search(r[1])]
+
     def fail_next(self, method: str | None, path_regex: str, status: int, message: str = "Injected failure") -> None:
         """The next request whose method matches (None or "*" for any) and whose path (no query string)
         matches ``path_regex`` (``re.search``) is answered ``status`` with ``{"success": false, "message"}``.
         Several rules queue up; each is used once. Applies to API and ingress requests."""
         with self._lock:
             self._faults.append(((method or "*").upper(), re.compile(path_regex), int(status), message))
+
+    def clear_faults(self) -> None:
+        """Forget the ``fail_next`` rules not used yet."""
+        with self._lock:
+            self._faults.clear()
 
     def expire(self, pod_name: str) -> bool:
         """Expire a runtime now: kill its Jupyter Server and kernels, drop it from the list.

@@ -115,7 +115,8 @@ def test_runtime_create_list_snapshot_terminate(capsys, standin):
 
 def test_api_errors_are_one_line_without_traceback(capsys, standin, monkeypatch):
     status, out, err = run(capsys, "--token", "wrong-token", "whoami")
-    assert status == 1 and out == "" and "Traceback" not in err
+    warning, err = err.split("\n", 1)  # --token warns that the process list shows it
+    assert status == 1 and out == "" and "Traceback" not in err and warning.startswith("dlexec: warning: --token")
     assert err.startswith(f"dlexec: Datalayer API: GET {standin.url}/api/iam/v1/whoami failed with 401:")
     assert "DATALAYER_API_KEY" in err
 
@@ -131,7 +132,8 @@ def test_api_errors_are_one_line_without_traceback(capsys, standin, monkeypatch)
     assert status == 1 and err.startswith("dlexec: Datalayer API: no token: set DATALAYER_API_KEY")
     monkeypatch.delenv("DATALAYER_RUN_URL")
     monkeypatch.delenv("DATALAYER_IAM_URL")
-    assert run(capsys, "--token", standin.token, "--run-url", standin.url, "runtimes", "ls") == (0, "no runtimes\n", "")
+    status, out, err = run(capsys, "--token", standin.token, "--run-url", standin.url, "runtimes", "ls")
+    assert (status, out) == (0, "no runtimes\n") and err.startswith("dlexec: warning: --token")
 
 
 @pytest.mark.parametrize("argv", [["bogus"], ["runtimes", "terminate"], ["runtimes", "terminate", "x", "--all"],

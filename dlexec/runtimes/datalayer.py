@@ -9,17 +9,22 @@ Paid runtimes must never outlive the program that created them. A runtime create
 is deleted by :meth:`terminate`, when connecting to it fails, and at interpreter exit
 (also after Ctrl-C, and after SIGTERM: see :mod:`dlexec.runtimes.signals`). One that
 cannot be deleted is reported with its pod name and the command that deletes it.
+
+Each create carries a unique ``given_name`` (the runtime's name plus a random suffix), so
+that a create whose answer is lost, or that :meth:`~DatalayerRuntime.terminate` or the exit
+overtakes, is found by listing and deleted (see :meth:`dlexec.datalayer.DatalayerClient.create_runtime`).
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import secrets
 import threading
 import time
 import warnings
 
-from ..datalayer import DatalayerClient, DatalayerError, terminate_command
+from ..datalayer import DatalayerClient, DatalayerError, check_time_reservation, terminate_command
 from ..errors import RuntimeStartError
 from .base import Runtime
 from .jupyter import JupyterServerRuntime
@@ -29,7 +34,11 @@ _log = logging.getLogger("dlexec")
 #: Statuses of an ingress that is still warming up.
 WARMING_UP = (502, 503, 504)
 
+#: Seconds the exit handler waits for creates still in flight, before looking their runtimes up by name.
+EXIT_CREATE_WAIT = 10.0
+
 _owned: dict[str, DatalayerRuntime] = {}  # pod name -> runtime this process created and has not deleted
+_creating: set[DatalayerRuntime] = set()  # runtimes whose create request is in flight
 _owned_lock = threading.Lock()
 
 
@@ -62,14 +71,19 @@ class DatalayerRuntime(Runtime):
         warmup_timeout: float = 180.0,
         retry_deadline: float = 30.0,
         client: DatalayerClient | None = None,
+        allow_insecure: bool = False,
     ):
         super().__init__(name)
+        if not (ingress and jupyter_token):  # it will create a runtime: refuse a reservation that cannot work
+            check_time_reservation(time_reservation)
         self.environment = environment
         self.time_reservation = time_reservation
         self.snapshot = snapshot
         self.kernel_name = kernel_name
         self.warmup_timeout = warmup_timeout
-        self.client = client or DatalayerClient(token, run_url, iam_url, retry_deadline=retry_deadline)
+        self.client = client or DatalayerClient(token, run_url, iam_url, retry_deadline=retry_deadline,
+                                                allow_insecure=allow_insecure)
+        self.allow_insecure = allow_insecure  # tokens over plain http:// to other machines (API and ingress)
         self.info = None  # dlexec.datalayer.RuntimeInfo once created or found
         self.pod_name = pod_name
         self.ingress, self.jupyter_token = ingress, jupyter_token
@@ -77,6 +91,12 @@ class DatalayerRuntime(Runtime):
         self.kernel: JupyterServerRuntime | None = None
         self._terminated = False
         self._terminate_lock = threading.Lock()
+        # Unique per create (worker names such as "dlexec-worker-1" repeat across processes): what
+        # finds the runtime by listing when the answer to its create request is lost.
+        self.given_name = f"{name}-{secrets.token_hex(4)}"
+        self._creating = False  # a create request is in flight (guarded by _terminate_lock)
+        self._create_done = threading.Event()  # set once no create request is in flight any more
+        self._create_done.set()
 
     @property
     def id(self) -> str:
@@ -94,24 +114,49 @@ class DatalayerRuntime(Runtime):
             raise
 
     def _create(self) -> None:
-        try:
-            info = self.client.create_runtime(self.environment, self.time_reservation, given_name=self.name,
-                                              snapshot=self.snapshot)
-        except (DatalayerError, ValueError) as exc:
-            raise RuntimeStartError(f"could not create a Datalayer runtime: {exc}") from exc
-        self.info, self.owned = info, True
-        self.pod_name, self.ingress, self.jupyter_token = info.pod_name, info.ingress, info.token
+        """Create the runtime; if :meth:`terminate` came while the request was in flight, delete it."""
+        with self._terminate_lock:
+            if self._terminated:
+                raise RuntimeStartError(f"runtime {self.given_name} was terminated before it was created")
+            self._creating = True
+            self._create_done.clear()
         with _owned_lock:
-            _owned[info.pod_name] = self
-        if not (info.ingress and info.token):
-            raise RuntimeStartError(f"runtime {info.pod_name} was created without an ingress or a token: {info.raw}")
+            _creating.add(self)
+        try:
+            try:
+                info = self.client.create_runtime(self.environment, self.time_reservation,
+                                                  given_name=self.given_name, snapshot=self.snapshot)
+            except (DatalayerError, ValueError) as exc:
+                raise RuntimeStartError(f"could not create a Datalayer runtime: {exc}") from exc
+            with self._terminate_lock:  # one step with terminate(): either it deletes it, or we do
+                self._creating = False
+                self.info, self.owned = info, True
+                self.pod_name, self.ingress, self.jupyter_token = info.pod_name, info.ingress, info.token
+                with _owned_lock:
+                    _owned[info.pod_name] = self
+                terminated = self._terminated
+            if terminated:  # terminate() did not wait for the answer: deleting it is up to this thread
+                _delete(self)
+                raise RuntimeStartError(f"runtime {info.pod_name} was created after terminate(), and deleted")
+        finally:
+            with self._terminate_lock:
+                self._creating = False
+            with _owned_lock:
+                _creating.discard(self)
+            self._create_done.set()
+        missing = [field for field in ("ingress", "token") if not getattr(info, field)]
+        if missing:  # never format the answer: it holds the runtime's token
+            self.terminate()
+            raise RuntimeStartError(f"runtime {info.pod_name} was created without {' and '.join(missing)}, "
+                                    "so it cannot be used; it was deleted")
 
     def _connect(self, timeout: float) -> None:
         """Start a kernel on the runtime's Jupyter Server, waiting out its warm-up."""
         deadline = time.monotonic() + timeout
         delay = 0.25
         while True:
-            kernel = JupyterServerRuntime(self.name, self.ingress, self.jupyter_token, self.kernel_name)
+            kernel = JupyterServerRuntime(self.name, self.ingress, self.jupyter_token, self.kernel_name,
+                                          allow_insecure=self.allow_insecure)
             kernel.on_message = lambda channel, msg: self.on_message(channel, msg)
             kernel.on_exit = lambda reason: self.on_exit(f"{reason} [runtime {self.pod_name}]")
             try:
@@ -126,7 +171,13 @@ class DatalayerRuntime(Runtime):
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
-            self.kernel = kernel
+            with self._terminate_lock:
+                terminated = self._terminated
+                if not terminated:
+                    self.kernel = kernel
+            if terminated:  # terminate() came while the kernel started: it did not see this kernel
+                kernel.terminate()
+                raise RuntimeStartError(f"runtime {self.pod_name} was terminated while its kernel started")
             return
 
     def message(self, msg_type: str, content: dict, metadata: dict | None = None) -> dict:
@@ -141,6 +192,10 @@ class DatalayerRuntime(Runtime):
     def restart(self, timeout: float = 60.0) -> None:
         self._kernel().restart(timeout)
 
+    def io_alive(self) -> bool:
+        kernel = self.kernel
+        return kernel is None or kernel.io_alive()
+
     def is_alive(self) -> bool:
         return self.kernel is not None and not self._terminated and self.kernel.is_alive()
 
@@ -150,22 +205,26 @@ class DatalayerRuntime(Runtime):
         return self.kernel
 
     def terminate(self) -> None:
+        """Stop the kernel and delete the runtime. During its create request, only mark it: the
+        thread creating it deletes it when the answer arrives (which may take a minute)."""
         with self._terminate_lock:  # a second caller waits until the runtime is really deleted
             if self._terminated:
                 return
             self._terminated = True
+            if self._creating:
+                return
             if self.kernel is not None:
                 self.kernel.terminate()
             if self.owned:
                 _delete(self)
 
     def describe(self) -> dict:
+        """Facts for users, without the runtime's token (it is ``self.jupyter_token``)."""
         info = self.info
         facts = {
             **super().describe(),
             "pod_name": self.pod_name,
             "ingress": self.ingress,
-            "jupyter_token": self.jupyter_token,
             "kernel_id": self.kernel.kernel_id if self.kernel else None,
             "environment": self.environment,
         }
@@ -200,10 +259,28 @@ def owned_runtimes() -> list[str]:
 
 @atexit.register
 def _delete_owned_at_exit() -> None:
+    """Delete every runtime this process created, including those whose create request is still
+    in flight: their threads delete them when the answer comes, within ``EXIT_CREATE_WAIT``
+    seconds; after that they are looked up by name and deleted. Bounded: exit never hangs."""
     with _owned_lock:
         runtimes = list(_owned.values())
+        creating = list(_creating)
+    for runtime in creating:
+        runtime.terminate()  # only marks it: returns at once
     threads = [threading.Thread(target=r.terminate, daemon=True) for r in runtimes]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + EXIT_CREATE_WAIT
+    for runtime in creating:
+        runtime._create_done.wait(max(0.0, deadline - time.monotonic()))
+    unanswered = [r for r in creating if not r._create_done.is_set()]
+    if unanswered:
+        _log.warning("dlexec: %d Datalayer runtime creation(s) still unanswered at exit: looking them up by name",
+                     len(unanswered))
+    threads += [threading.Thread(target=r.client.abandon_create, args=(r.given_name,), daemon=True)
+                for r in unanswered]
+    for thread in threads[len(runtimes):]:
+        thread.start()
+    deadline = time.monotonic() + 60
     for thread in threads:
-        thread.join(60)
+        thread.join(max(0.0, deadline - time.monotonic()))
