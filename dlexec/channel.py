@@ -14,6 +14,7 @@ pending request when the kernel dies.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Callable
 from . import serialization, worker
 from .errors import RuntimeStartError, WorkerLostError
 from .runtimes.base import Runtime
+
+_log = logging.getLogger("dlexec")
 
 _SOURCES = (
     ("_dlexec_serialization", Path(serialization.__file__)),
@@ -47,12 +50,13 @@ finally:
 class _Request:
     """One request in flight: where its replies and output go."""
 
-    __slots__ = ("on_reply", "on_output", "on_lost", "final")
+    __slots__ = ("on_reply", "on_output", "on_lost", "on_error")
 
-    def __init__(self, on_reply, on_output, on_lost):
+    def __init__(self, on_reply, on_output, on_lost, on_error):
         self.on_reply = on_reply  # (msg) -> bool: True when the request is complete
         self.on_output = on_output  # (msg) -> bool for IOPub messages with this parent, or None
         self.on_lost = on_lost  # (reason) when the kernel died first
+        self.on_error = on_error  # (exception) when a message for it could not be handled
 
 
 class KernelChannel:
@@ -62,6 +66,9 @@ class KernelChannel:
         self.runtime = runtime
         self.exit_reason: str | None = None
         self.info: dict = {}
+        # Digests of dlexec buffers, checked on both sides (serialization.digests); not for a
+        # kernel of this user on this machine, whose private sockets nobody else can reach.
+        self.digests = not runtime.shares_files
         self._pending: dict[str, _Request] = {}
         self._lock = threading.Lock()
         self._exit_callbacks: list[Callable[[str], None]] = []
@@ -132,24 +139,29 @@ class KernelChannel:
         on_reply: Callable[[dict], bool],
         on_output: Callable[[dict], None] | None = None,
         on_lost: Callable[[str], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> str:
         """Send a request; ``on_reply`` gets each reply until it (or ``on_output``) returns True.
 
-        Callbacks run on the runtime's I/O thread and must not block.
+        Callbacks run on the runtime's I/O thread and must not block. If one raises, the
+        request ends there: ``on_error(exception)`` is called (else ``on_lost`` with a reason),
+        and the I/O thread goes on with the next message.
         """
         if msg_type == worker.REQUEST:
             layout, buffers = serialization.pack(buffers)
             if layout:
                 content = {**content, "layout": layout}
+            if self.digests:  # the content is signed, the buffers are not: sign them through it
+                content = {**content, "digests": serialization.digests(buffers)}
         msg = self.runtime.message(msg_type, content)
         msg_id = msg["header"]["msg_id"]
         with self._lock:
             if self.exit_reason is not None:
                 raise self.lost_error()
-            self._pending[msg_id] = _Request(on_reply, on_output, on_lost)
+            self._pending[msg_id] = _Request(on_reply, on_output, on_lost, on_error)
         try:
             self.runtime.send(channel, msg, buffers)
-        except Exception:
+        except BaseException:
             with self._lock:
                 self._pending.pop(msg_id, None)
             self._raise_if_dead()
@@ -169,11 +181,18 @@ class KernelChannel:
         def on_lost(reason):
             done.set()
 
+        def on_error(exc):
+            box["error"] = exc
+            done.set()
+
         self.request(
-            "shell", worker.REQUEST, {"op": op, **(content or {})}, frames, on_reply=on_reply, on_lost=on_lost
+            "shell", worker.REQUEST, {"op": op, **(content or {})}, frames, on_reply=on_reply, on_lost=on_lost,
+            on_error=on_error,
         )
         if not done.wait(timeout):
             raise TimeoutError(f"kernel {self.runtime.id} did not answer {op!r} within {timeout:g} s")
+        if "error" in box:
+            raise box["error"]
         if "reply" not in box:
             raise self.lost_error()
         msg = box["reply"]
@@ -232,14 +251,20 @@ class KernelChannel:
             "allow_stdin": False,
             "stop_on_error": False,
         }
+        def on_error(exc):
+            state["error"] = exc
+            done.set()
+
         self.request("shell", "execute_request", content, on_reply=on_reply, on_output=collect,
-                     on_lost=lambda reason: done.set())
+                     on_lost=lambda reason: done.set(), on_error=on_error)
         if not done.wait(timeout):
             self.runtime.interrupt()
             done.wait(interrupt_grace)
             reply = dict(state["reply"] or {})
             reply["status"] = "timeout"
             return reply, outputs
+        if state.get("error") is not None:
+            raise state["error"]
         if state["reply"] is None:
             raise self.lost_error()
         return state["reply"], outputs
@@ -247,8 +272,20 @@ class KernelChannel:
     # -- incoming -------------------------------------------------------------------------
 
     def _on_message(self, channel: str, msg: dict) -> None:
+        """Route one message (I/O thread). Whatever a message raises ends only its own request."""
         parent_id = (msg.get("parent_header") or {}).get("msg_id")
         request = self._pending.get(parent_id)
+        try:
+            self._route(channel, msg, parent_id, request)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from an unpickled reply too
+            if request is None:
+                _log.error("dlexec: could not handle a %s message from kernel %s: %r", channel, self.runtime.id, exc)
+                return
+            with self._lock:
+                self._pending.pop(parent_id, None)
+            _fail(request, exc, self.runtime.id)
+
+    def _route(self, channel: str, msg: dict, parent_id: str | None, request: _Request | None) -> None:
         if channel == "iopub":
             if request is not None and request.on_output is not None:
                 if request.on_output(msg):
@@ -257,6 +294,13 @@ class KernelChannel:
             elif msg["header"]["msg_type"] == "stream":
                 _echo_stream(msg["content"])
             return
+        if self.digests and msg["header"]["msg_type"] == worker.REPLY:
+            try:  # before anything of it is unpickled
+                serialization.check_digests(msg["content"], msg.get("buffers") or (), required=True, what="reply")
+            except serialization.DigestMismatchError as exc:  # the request fails with this error
+                info, frames = serialization.dump_exception(exc)
+                msg["content"] = {"status": "error", "info": info, "final": msg["content"].get("final", True)}
+                msg["buffers"] = frames
         if "layout" in msg["content"] and msg.get("buffers"):  # a dlexec_reply with packed frames
             msg["buffers"] = serialization.unpack(msg["content"]["layout"], msg["buffers"])
         if request is not None and request.on_reply(msg):
@@ -270,9 +314,15 @@ class KernelChannel:
             callbacks = list(self._exit_callbacks)
         for request in pending.values():
             if request.on_lost is not None:
-                request.on_lost(reason)
+                _guarded(request.on_lost, reason)
         for callback in callbacks:
-            callback(reason)
+            _guarded(callback, reason)
+
+    def check_connected(self) -> None:
+        """If the runtime's message threads have ended without reporting it, report it now:
+        every request in flight fails and the exit callbacks run (see ``_on_exit``)."""
+        if self.exit_reason is None and not self.runtime.io_alive():
+            self._on_exit(f"dlexec lost its connection to kernel {self.runtime.id} (its message threads ended)")
 
     def add_exit_callback(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(reason)`` once if the kernel dies (not when it is terminated)."""
@@ -300,6 +350,24 @@ class KernelChannel:
             raise self.lost_error()
         if not self.runtime.is_alive():
             raise RuntimeStartError(f"kernel {self.runtime.id} is not running")
+
+
+def _fail(request: _Request, exc: BaseException, runtime_id: str) -> None:
+    """End a request whose message could not be handled: its waiter gets the error."""
+    if request.on_error is not None:
+        _guarded(request.on_error, exc)
+    elif request.on_lost is not None:
+        _guarded(request.on_lost, f"dlexec could not handle a message from kernel {runtime_id}: {exc!r}")
+    else:
+        _log.error("dlexec: could not handle a message from kernel %s: %r", runtime_id, exc)
+
+
+def _guarded(callback: Callable, *args) -> None:
+    """Call a callback on an I/O thread: whatever it raises is logged, never propagated."""
+    try:
+        callback(*args)
+    except BaseException:  # noqa: BLE001 - the thread must go on with the next message
+        _log.exception("dlexec: error in a callback of the I/O thread")
 
 
 def check_versions(info: dict, runtime_id: str) -> None:

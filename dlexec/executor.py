@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import numbers
 import sys
 import threading
 import time
@@ -50,7 +51,7 @@ from . import serialization
 from .callables import CallableCache
 from .errors import InitializerFailed, TerminatedBySignal, WorkerLostError
 from .futures import TaskFuture
-from .modules import user_modules
+from .modules import check_ship_modules, user_modules
 from .runtimes import prepare
 from .serialization import Blob, Shared
 from .stats import ExecutorStats, RuntimeStats, executor_html
@@ -97,14 +98,15 @@ threading._register_atexit(_python_exit)
 class _WorkItem:
     """A task: its future, its serialized call, its settings, and where it stands."""
 
-    __slots__ = ("id", "future", "frames", "blobs", "uses_user_modules", "timeout", "max_retries", "deaths",
-                 "requeued", "solo", "sent_at", "worker", "stop_requested")
+    __slots__ = ("id", "future", "frames", "blobs", "uses_user_modules", "modules", "timeout", "max_retries",
+                 "deaths", "requeued", "solo", "sent_at", "worker", "stop_requested")
 
     def __init__(self, id: int, future: TaskFuture, frames: list, blobs: list[Blob], uses_user_modules: bool,
                  timeout: float | None, max_retries: int):
         self.id, self.future, self.frames = id, future, frames
         self.blobs = blobs  # the callable's first, then the Shared objects in the arguments
         self.uses_user_modules = uses_user_modules
+        self.modules: set[str] | None = None  # the user modules the arguments refer to (to ship)
         self.timeout, self.max_retries = timeout, max_retries
         self.deaths: list[str] = []  # how the runtimes it was running on died
         self.requeued = False  # back in the queue after its runtime died or restarted (its future runs)
@@ -192,10 +194,12 @@ class _Pool:
                 self.initializer_frames = serialization.dumps(initializer, modules=modules)
             except Exception as exc:
                 raise TypeError(f"the initializer and its arguments cannot be serialized with dill: {exc}") from exc
-            self.initializer_uses_user_modules = bool(user_modules(modules))
+            self.initializer_modules = user_modules(modules)
+            self.initializer_uses_user_modules = bool(self.initializer_modules)
         self.max_tasks_per_child = max_tasks_per_child
         self.backend = backend
         self.start_timeout = start_timeout
+        check_ship_modules(runtime_options.get("ship_modules", True))  # here, not in a worker thread
         self.runtime_options = runtime_options
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
@@ -279,8 +283,10 @@ class _Pool:
             future.set_exception(exc)
             return None
         blobs = [fn_blob, *shared] if shared else [fn_blob]
-        uses_user_modules = any(map(_uses_user_modules, blobs)) or bool(modules and user_modules(modules))
+        call_modules = user_modules(modules) if modules else None
+        uses_user_modules = any(map(_uses_user_modules, blobs)) or bool(call_modules)
         item = _WorkItem(next(self._ids), future, frames, blobs, uses_user_modules, timeout, max_retries)
+        item.modules = call_modules
         future._interrupt = partial(self.interrupt, item)
         return item
 
@@ -370,7 +376,8 @@ class _Pool:
             if item.timeout is not None:
                 self._watch()
         content = {"op": "run", "tasks": tasks}
-        modules = worker.service.modules_to_ship() if any(item.uses_user_modules for item in items) else None
+        modules = (worker.service.modules_to_ship(_module_names(items))
+                   if any(item.uses_user_modules for item in items) else None)
         if modules:
             content["modules"] = modules
         frames[:0] = self._blobs_to_send(worker, items, content, fresh=bool(modules))
@@ -383,9 +390,19 @@ class _Pool:
                 "shell", REQUEST, content, frames,
                 on_reply=partial(self._on_reply, worker, batch),
                 on_lost=partial(self._on_lost, worker),
+                on_error=partial(self._on_reply_error, worker, batch),
             )
         except WorkerLostError as exc:
             self._break(exc)
+        except BaseException as exc:  # noqa: BLE001 - this batch cannot be sent: its futures say why
+            worker.inflight.discard(batch)
+            worker.forget_blobs()  # the kernel may or may not have what the batch carried
+            for item in batch.items.values():
+                item.frames = item.blobs = item.worker = None
+                _set_exception(item.future, exc)
+            batch.items.clear()
+            if not isinstance(exc, Exception):  # Ctrl-C in the submitting thread goes on up
+                raise
 
     @staticmethod
     def _blobs_to_send(worker: _Worker, items: list[_WorkItem], content: dict, fresh: bool) -> list:
@@ -421,11 +438,20 @@ class _Pool:
     # -- worker life ------------------------------------------------------------------------
 
     def _run_start(self, worker: _Worker) -> None:
-        """Start one kernel and run the initializer in it (in the worker's own thread)."""
-        service = RuntimeService(worker.name, backend=self.backend, start_timeout=self.start_timeout,
-                                 **self.runtime_options)
-        worker.service = service
+        """Start one kernel and run the initializer in it (in the worker's own thread).
+
+        Whatever fails here, however, fails the futures waiting for a runtime (the pool
+        breaks, as a ProcessPoolExecutor whose worker cannot start): nothing waits for a
+        worker that will never be ready.
+        """
+        service = None
         try:
+            service = RuntimeService(worker.name, backend=self.backend, start_timeout=self.start_timeout,
+                                     **self.runtime_options)
+            with self.lock:
+                if worker.state == "stopped":  # the pool stopped before this runtime began to start
+                    return
+                worker.service = service
             service.start()
             service.channel.add_exit_callback(partial(self._on_lost, worker))
             self._initialize(service)
@@ -436,7 +462,8 @@ class _Pool:
                 reserved = worker.expires_at - float(service.started_at or time.time())
                 worker.expiry_margin = min(self.expiry_margin, max(0.0, reserved / 2))
         except BaseException as exc:  # noqa: BLE001 - reported through the futures
-            service.terminate()
+            if service is not None:
+                _terminate_quietly(service)
             with self.lock:
                 cancelled = worker.state == "stopped"
                 worker.state = "stopped"
@@ -467,7 +494,7 @@ class _Pool:
         """Run the initializer in a fresh kernel; InitializerFailed if it raises."""
         if self.initializer_frames is None:
             return
-        modules = service.modules_to_ship() if self.initializer_uses_user_modules else []
+        modules = service.modules_to_ship(self.initializer_modules) if self.initializer_uses_user_modules else []
         content, frames = service.channel.call("init", {"modules": modules}, self.initializer_frames)
         if content.get("status") != "ok":
             cause = rebuild_exception(content.get("info") or {}, frames)
@@ -481,17 +508,18 @@ class _Pool:
         """A ``run`` reply (I/O thread): set the futures it reports. True when it is the last."""
         try:
             return self._handle_reply(worker, batch, msg)
-        except Exception as exc:  # noqa: BLE001 - never leave the batch's futures waiting
+        except BaseException as exc:  # noqa: BLE001 - never leave the batch's futures waiting
             error = RuntimeError(f"dlexec could not handle the reply of runtime {worker.runtime_id}: {exc!r}")
             error.__cause__ = exc
-            for item in list(batch.items.values()):
-                try:
-                    item.future.set_exception(error)
-                except InvalidStateError:
-                    pass
-            batch.items.clear()
-            self._batch_done(worker, batch)
+            self._on_reply_error(worker, batch, error)
             return True
+
+    def _on_reply_error(self, worker: _Worker, batch: _Batch, error: BaseException) -> None:
+        """A message for this batch could not be handled: its futures fail with ``error``."""
+        for item in list(batch.items.values()):
+            _set_exception(item.future, error)
+        batch.items.clear()
+        self._batch_done(worker, batch)
 
     def _handle_reply(self, worker: _Worker, batch: _Batch, msg: dict) -> bool:
         content = msg["content"]
@@ -555,6 +583,17 @@ class _Pool:
             threading.Thread(target=worker.service.terminate, daemon=True).start()
 
     def _on_lost(self, worker: _Worker, reason: str) -> None:
+        """A kernel died (I/O thread): see :meth:`_handle_loss`. If even that fails, the pool
+        breaks with the reason, so that no future waits for a runtime that is gone."""
+        try:
+            self._handle_loss(worker, reason)
+        except BaseException as exc:  # noqa: BLE001
+            _log.error("dlexec: could not handle the loss of runtime %s", worker.runtime_id, exc_info=True)
+            with self.lock:
+                self._break(WorkerLostError(f"A runtime in the pool terminated abruptly ({reason}), and dlexec "
+                                            f"could not recover: {exc!r}", worker.runtime_id, reason))
+
+    def _handle_loss(self, worker: _Worker, reason: str) -> None:
         """A kernel died (I/O thread).
 
         With ``max_retries=0`` the pool is broken, as ProcessPoolExecutor's would be. With
@@ -637,7 +676,19 @@ class _Pool:
             self._watchdog.start()
 
     def _watch_loop(self) -> None:
-        """Restart kernels that ignore a stop or a timeout; retire runtimes about to expire."""
+        """Restart kernels that ignore a stop or a timeout; retire runtimes about to expire.
+
+        If it fails, the pool breaks with the reason: timeouts it no longer enforces would
+        otherwise let futures wait forever."""
+        try:
+            self._watch_steps()
+        except BaseException as exc:  # noqa: BLE001
+            _log.error("dlexec: the executor's watchdog failed", exc_info=True)
+            with self.lock:
+                self._watchdog = None
+                self._break(WorkerLostError(f"dlexec's watchdog thread failed: {exc!r}"))
+
+    def _watch_steps(self) -> None:
         while True:
             time.sleep(0.2)
             with self.lock:
@@ -800,15 +851,31 @@ class _Pool:
         with self.lock:
             while not self.broken and (self.pending or any(w.inflight for w in self.workers)):
                 self.changed.wait(0.5)
+                self._check_progress()
             workers = list(self.workers)
             self.workers.clear()
             for worker in workers:
                 worker.state = "stopped"
+            killed = self.killed
+        for worker in workers:
+            if killed and worker.service is not None and not worker.service.is_started:
+                # Stopped at once, not when it is up: a paid runtime still being created is
+                # deleted as soon as its create request answers (see runtimes.datalayer).
+                _terminate_quietly(worker.service)
         for worker in workers:  # a kernel still starting stops itself when it is up
             if worker.thread is not None and worker.thread is not threading.current_thread():
                 worker.thread.join(self.start_timeout + 5)
         _terminate_all(workers)
         _live_pools.discard(self)
+
+    def _check_progress(self) -> None:
+        """While shutdown waits (lock held): a runtime whose message threads are gone without
+        a word is reported lost (its futures fail, or go elsewhere with retries), and queued
+        work gets a runtime if none is left. So the wait ends, whatever happened."""
+        for worker in list(self.workers):
+            if worker.inflight and worker.service is not None and worker.service.is_started:
+                worker.service.channel.check_connected()
+        self._dispatch()
 
     def kill(self) -> None:
         """Stop at once: cancel what has not started, fail what runs, stop every kernel."""
@@ -879,6 +946,44 @@ def _uses_user_modules(blob: Blob) -> bool:
     return blob.uses_user_modules
 
 
+def _module_names(items: list[_WorkItem]) -> set[str]:
+    """The modules that a batch's callables, shared objects and arguments refer to."""
+    names: set[str] = set()
+    for item in items:
+        for blob in item.blobs:
+            if _uses_user_modules(blob):  # not only the first: any() in _item stops at it
+                names |= blob.modules
+        if item.modules:
+            names |= item.modules
+    return names
+
+
+def _seconds(name: str, value, *, optional: bool = False, zero: bool = False) -> float | None:
+    """A duration option as a float: a real number, > 0 (>= 0 if ``zero``), or None if ``optional``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) or _is_decimal(value)):
+        kind = "a number of seconds" + (" or None" if optional else "")
+        raise TypeError(f"{name} must be {kind}, not {type(value).__name__}")
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0 or (seconds == 0 and not zero):
+        bound = ">= 0" if zero else "> 0"
+        raise ValueError(f"{name} must be {bound} seconds, not {value!r}")
+    return seconds
+
+
+def _is_decimal(value) -> bool:
+    return type(value).__name__ == "Decimal" and type(value).__module__ in ("decimal", "_decimal", "_pydecimal")
+
+
+def _set_exception(future: TaskFuture, error: BaseException) -> None:
+    """Fail a future unless it is already done (cancelled or settled meanwhile)."""
+    try:
+        future.set_exception(error)
+    except InvalidStateError:
+        pass
+
+
 def _cancel(items: list[_WorkItem]) -> None:
     """Cancel queued items; a requeued one (its future already runs) is marked cancelled."""
     for item in items:
@@ -898,11 +1003,18 @@ def _outcome(status: str, info: dict | None, frames: list, item: _WorkItem, work
     if status == "ok":
         try:
             return True, serialization.loads(frames)
-        except Exception as exc:  # noqa: BLE001 - a result that cannot be rebuilt here
-            error = TypeError(f"the task's result could not be deserialized here: {type(exc).__name__}: {exc}")
-            error.__cause__ = exc
-            return False, error
+        except BaseException as exc:  # noqa: BLE001 - SystemExit included: it fails this future, not the thread
+            serialization.add_note(exc, f"dlexec: the task's result, sent by runtime {worker.runtime_id}, could not "
+                                        "be unpickled here")
+            return False, exc
     return False, rebuild_exception(info or {}, frames)
+
+
+def _terminate_quietly(service: RuntimeService) -> None:
+    try:
+        service.terminate()
+    except BaseException:  # noqa: BLE001 - a cleanup reports, never raises
+        _log.warning("dlexec: could not stop runtime %s", service.name, exc_info=True)
 
 
 def _terminate_all(workers) -> None:
@@ -954,6 +1066,8 @@ class DatalayerExecutor(Executor):
             from loky import cpu_count
 
             max_workers = cpu_count()
+        elif not isinstance(max_workers, numbers.Integral) or isinstance(max_workers, bool):
+            raise TypeError(f"max_workers must be an integer, not {type(max_workers).__name__}")
         elif max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
@@ -963,15 +1077,18 @@ class DatalayerExecutor(Executor):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
+        start_timeout = _seconds("start_timeout", start_timeout)
+        task_timeout = _seconds("task_timeout", task_timeout, optional=True)
+        interrupt_grace = _seconds("interrupt_grace", interrupt_grace, zero=True)
+        expiry_margin = _seconds("expiry_margin", expiry_margin, zero=True)
+        idle_timeout = _seconds("idle_timeout", idle_timeout, optional=True)
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+            raise ValueError("max_retries must be an integer >= 0")
         backend = prepare(backend)
+        # The runtimes' options are checked now, not in a worker thread at the first task.
+        RuntimeService.check_options(backend, runtime_options)
         self._max_workers = max_workers
         self._mp_context = mp_context
-        if task_timeout is not None and task_timeout <= 0:
-            raise ValueError("task_timeout must be a positive number of seconds, or None")
-        if not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError("max_retries must be an integer >= 0")
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise ValueError("idle_timeout must be a positive number of seconds, or None")
         self._pool = _Pool(max_workers, None if initializer is None else (initializer, tuple(initargs)),
                            max_tasks_per_child, backend, start_timeout, runtime_options,
                            task_timeout=task_timeout, max_retries=max_retries, interrupt_grace=interrupt_grace,
@@ -1096,8 +1213,10 @@ class _Options(Executor):
     """``executor.options(...)``: submit and map with per-call task settings."""
 
     def __init__(self, executor: DatalayerExecutor, timeout: float | None, max_retries: int | None):
-        if timeout is not None and timeout <= 0:
-            raise ValueError("timeout must be a positive number of seconds, or None")
+        timeout = _seconds("timeout", timeout, optional=True)
+        if max_retries is not None and (not isinstance(max_retries, int) or isinstance(max_retries, bool)
+                                        or max_retries < 0):
+            raise ValueError("max_retries must be an integer >= 0, or None")
         self._executor = executor
         self._pool = executor._pool
         self._task_settings = (timeout, max_retries)

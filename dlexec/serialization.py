@@ -66,8 +66,11 @@ class Pickler(dill.Pickler):
         reduced = _special_reduction(self, obj, cls)
         if reduced is not None:
             return reduced
-        if self.modules is not None and (cls is types.FunctionType or isinstance(obj, type)):
-            self.modules.add(getattr(obj, "__module__", None))
+        if self.modules is not None:
+            if cls is types.FunctionType or isinstance(obj, type):
+                self.modules.add(getattr(obj, "__module__", None))
+            elif cls is types.ModuleType:  # a module used by a function sent by value
+                self.modules.add(obj.__name__)
         return NotImplemented
 
 
@@ -255,6 +258,55 @@ def unpack(layout: list, buffers: list) -> Frames:
     return frames
 
 
+# --- integrity: the binary buffers, as signed as the rest of the message -------------------
+
+
+class DigestMismatchError(ValueError):
+    """A message's binary buffers are not the ones that were sent: nothing of it was unpickled."""
+
+
+def digests(buffers) -> list[str]:
+    """The SHA-256 of each buffer (hex), to put in the message's content.
+
+    jupyter-client signs (HMAC) a message's JSON parts but not its binary buffers; with
+    their digests in the signed content, altered buffers are caught before unpickling.
+    SHA-256: the fastest cryptographic hash in the standard library where the CPU has SHA
+    instructions (1.7 GB/s on the 2-core test machine; BLAKE2b 0.9, SHA-512 0.8, MD5 0.7);
+    a checksum (CRC32) would be no faster there and can be forged. Hash what ``pack``
+    returns: a handful of buffers per message, not every small frame.
+    """
+    return [hashlib.sha256(buffer).hexdigest() for buffer in buffers]
+
+
+def check_digests(content: dict, buffers, required: bool = False, what: str = "message") -> None:
+    """Raise :class:`DigestMismatchError` unless ``buffers`` match ``content["digests"]``.
+
+    Without digests in ``content`` there is nothing to check, unless ``required`` (the
+    sender was asked for them) and there are buffers.
+    """
+    expected = content.get("digests")
+    if expected is None:
+        if required and buffers:
+            raise DigestMismatchError(
+                f"dlexec: a {what} arrived with {len(buffers)} binary buffers but no digests for them, "
+                "so it was not unpickled; the runtime's dlexec worker is not the one this client installed"
+            )
+        return
+    advice = ("so nothing of it was unpickled. Something between this client and the kernel changes data: "
+              "use https, check the proxies on the way, and report it if it persists")
+    if len(expected) != len(buffers):
+        raise DigestMismatchError(
+            f"dlexec: a {what} arrived with {len(buffers)} buffers where {len(expected)} were sent (buffers were "
+            f"altered in transit), {advice}"
+        )
+    for index, (digest, buffer) in enumerate(zip(expected, buffers)):
+        if hashlib.sha256(buffer).hexdigest() != digest:
+            raise DigestMismatchError(
+                f"dlexec: buffer {index + 1} of {len(buffers)} of a {what} was altered in transit (its SHA-256 "
+                f"does not match the digest in the signed message), {advice}"
+            )
+
+
 # --- blobs: what travels once per runtime ----------------------------------------------------
 
 
@@ -390,6 +442,14 @@ def dump_exception(exc: BaseException) -> tuple[dict, Frames]:
         info["pickle_error"] = f"{type(error).__name__}: {_safe_str(error)}"
         return info, []
     return info, frames
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` (Python 3.11), or its equivalent on 3.10."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # pragma: no cover - Python 3.10: kept, though tracebacks do not show notes there
+        exc.__notes__ = [*getattr(exc, "__notes__", ()), note]
 
 
 def _safe_str(obj) -> str:

@@ -23,8 +23,8 @@ from typing import Any
 
 from . import serialization, snapshots
 from .channel import KernelChannel
-from .errors import ExecutionError
-from .modules import sources_to_ship, user_modules
+from .errors import ExecutionError, RuntimeStartError
+from .modules import check_ship_modules, sources_to_ship, user_modules
 from .runtimes import create_runtime, prepare
 from .snapshots import RuntimeSnapshotModel
 
@@ -76,7 +76,10 @@ class ExecutionResponse:
 
 @dataclasses.dataclass
 class RuntimeModel:
-    """A runtime's configuration and state, as the seed's ``model`` property returns it."""
+    """A runtime's configuration and state, as the seed's ``model`` property returns it.
+
+    The runtime's token is kept out of the repr (a secret is never shown): read ``jupyter_token``.
+    """
 
     name: str
     environment: str
@@ -89,7 +92,7 @@ class RuntimeModel:
     reservation_id: str | None = None
     uid: str | None = None
     burning_rate: float | None = None
-    jupyter_token: str | None = None
+    jupyter_token: str | None = dataclasses.field(default=None, repr=False)
     started_at: str | None = None
     expired_at: str | None = None
 
@@ -105,7 +108,9 @@ class RuntimeService:
 
     The arguments are the seed API's. ``backend`` chooses where the kernel runs
     (``"local"`` by default, or ``$DLEXEC_BACKEND``); ``snapshot`` starts the runtime from
-    a snapshot's variables; other keyword arguments go to the backend (for ``local``:
+    a snapshot's variables; ``ship_modules`` (True, False or a list of top-level packages)
+    says which of your modules may be sent to a remote runtime that lacks them (see
+    :mod:`dlexec.modules`); other keyword arguments go to the backend (for ``local``:
     ``kernel_name``, ``extra_arguments``, ``env``, ``cwd``). On the local backend the
     Datalayer arguments (environment, URLs, token) are kept but not used.
 
@@ -135,6 +140,12 @@ class RuntimeService:
         start_timeout: float = 60.0,
         **runtime_options: Any,
     ):
+        _check_text("name", name)
+        _check_text("environment", environment)
+        run_url = DEFAULT_RUN_URL if run_url is None else run_url  # None: not given, as iam_url
+        for option, value in (("run_url", run_url), ("iam_url", iam_url), ("token", token), ("pod_name", pod_name),
+                              ("ingress", ingress), ("jupyter_token", jupyter_token)):
+            _check_text(option, value, optional=True)
         self._backend = prepare(backend)
         self._model = RuntimeModel(
             name=name,
@@ -158,11 +169,29 @@ class RuntimeService:
         # SDK ignored the variables whenever the defaults applied).
         self._urls_given = {"run_url": run_url if run_url != DEFAULT_RUN_URL else None, "iam_url": iam_url}
         self._start_timeout = start_timeout
+        # Which of the user's modules may travel to a remote runtime (dlexec.modules).
+        self._ship_modules = check_ship_modules(runtime_options.pop("ship_modules", True))
         self._runtime_options = runtime_options
         self._channel: KernelChannel | None = None
         self._finalizer: weakref.finalize | None = None
+        self._starting = False  # start() is building the runtime
+        self._terminated = False  # terminate() was called during that: start() gives up
+        self._state_lock = threading.Lock()
         self._shipped_modules: dict[str, str] = {}  # user modules sent to the runtime: name -> digest
         self._modules_lock = threading.Lock()
+
+    @classmethod
+    def check_options(cls, backend: str | None, options: dict) -> None:
+        """Check, without starting anything, the options a pool will build its runtimes with
+        (``RuntimeService(name, backend=backend, **options)``): a TypeError or ValueError
+        names the option, as the first runtime's start would, but at once."""
+        for reserved in ("name", "backend", "start_timeout"):
+            if reserved in options:
+                raise TypeError(f"{reserved!r} is not a runtime option here: the executor sets it for each runtime "
+                                "(use DatalayerExecutor's own argument, if it has one)")
+        probe = cls("dlexec-options-check", backend=backend, **options)
+        runtime = create_runtime(probe._backend, probe.name, **probe._backend_options())
+        runtime.terminate()  # never started: this only frees what the constructor holds
 
     # -- properties (the seed's) ------------------------------------------------------------
 
@@ -206,18 +235,27 @@ class RuntimeService:
         """Start the runtime and prepare it for dlexec; raises :class:`RuntimeStartError`."""
         if self._channel is not None:
             return self
+        with self._state_lock:
+            self._starting, self._terminated = True, False
         runtime = create_runtime(self._backend, self._model.name, **self._backend_options())
         channel = KernelChannel(runtime)
-        # Registered before starting, so that a kernel is never left behind by a failed start.
-        self._runtime = runtime
-        self._finalizer = weakref.finalize(self, runtime.terminate)
+        with self._state_lock:
+            self._starting = False
+            if self._terminated:  # terminate() came while this start was building the runtime
+                runtime.terminate()
+                raise RuntimeStartError(f"runtime {self.name!r} was terminated before it started")
+            # Registered before starting, so that a kernel is never left behind by a failed start.
+            self._runtime = runtime
+            self._finalizer = weakref.finalize(self, runtime.terminate)
         channel.start(self._start_timeout)
         self._channel = channel
         facts = runtime.describe()
         model = self._model
-        for field in ("pod_name", "ingress", "jupyter_token", "reservation_id", "burning_rate", "expired_at"):
+        for field in ("pod_name", "ingress", "reservation_id", "burning_rate", "expired_at"):
             if facts.get(field) is not None:
                 setattr(model, field, facts[field])
+        # Not in describe(), which users print: a secret is read from the runtime itself.
+        model.jupyter_token = getattr(runtime, "jupyter_token", None) or model.jupyter_token
         model.uid = facts.get("uid") or model.uid or facts.get("kernel_id") or facts.get("id")
         model.started_at = str(facts.get("started_at") or model.started_at or time.time())
         if self._snapshot and runtime.kind == "local":  # a Datalayer runtime started from it already
@@ -262,9 +300,13 @@ class RuntimeService:
             self.start()
 
     def terminate(self) -> bool:
-        """Stop the runtime (and wait until it is gone). Returns False if it was never started."""
-        if self._finalizer is None:
-            return False
+        """Stop the runtime and wait until it is gone; a paid runtime whose create request is
+        still in flight is deleted as soon as that request answers. Returns False if it was
+        never started."""
+        with self._state_lock:
+            if self._finalizer is None:
+                self._terminated = self._starting  # a start under way gives up
+                return False
         self._finalizer.detach()
         self._runtime.terminate()  # idempotent; a concurrent call waits for the first
         return True
@@ -359,26 +401,29 @@ class RuntimeService:
         """Set variables in the runtime's namespace: one message, values as dill buffers."""
         modules: set = set()
         frames_by_name = {name: serialization.dumps(value, modules=modules) for name, value in _checked(variables)}
-        self._send_variables(frames_by_name, with_modules=bool(user_modules(modules)))
+        self._send_variables(frames_by_name, modules=user_modules(modules))
 
-    def _send_variables(self, frames_by_name: dict[str, list], with_modules: bool = False) -> None:
+    def _send_variables(self, frames_by_name: dict[str, list], modules: set[str] | None = None) -> None:
+        """One ``set`` request; ``modules`` names the modules the values refer to (to ship)."""
         names, frames = [], []
         for name, value_frames in frames_by_name.items():
             names.append([name, len(value_frames)])
             frames.extend(value_frames)
         content = {"names": names}
-        if with_modules:
-            content["modules"] = self.modules_to_ship()
+        if modules:
+            content["modules"] = self.modules_to_ship(modules)
         reply, _ = self.channel.call("set", content, frames)
         _raise_for(reply)
 
-    def modules_to_ship(self) -> list:
-        """Sources of the user's modules this runtime lacks (none for a local kernel)."""
+    def modules_to_ship(self, names) -> list:
+        """Sources of the user modules that ``names`` (modules a payload refers to) need and
+        this runtime lacks: those modules, the user modules they import and their parent
+        packages, as ``ship_modules`` allows (none for a local kernel: it sees the files)."""
         runtime = self.channel.runtime
-        if runtime.shares_files:
+        if runtime.shares_files or self._ship_modules is False:
             return []
         with self._modules_lock:
-            return sources_to_ship(self._shipped_modules)
+            return sources_to_ship(self._shipped_modules, names, self._ship_modules)
 
     def get_variable(self, name: str) -> Any:
         """A variable's value from the runtime, or None if it is not defined."""
@@ -404,6 +449,8 @@ class RuntimeService:
             if stop:
                 self.terminate()
             return snapshot.to_model()
+        if name:
+            snapshots.check_name(name)  # before the kernel does the work
         content, frames = self.channel.call("snapshot")
         _raise_for(content)
         variables, offset = {}, 0
@@ -417,6 +464,13 @@ class RuntimeService:
 
     def _restore(self, snapshot: RuntimeSnapshotModel) -> None:
         self._send_variables(snapshots.load_variables(snapshot))
+
+
+def _check_text(option: str, value: Any, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"{option} must be a string{' or None' if optional else ''}, not {type(value).__name__}")
 
 
 def _checked(variables: dict[str, Any]):

@@ -20,11 +20,13 @@ from .errors import RemoteError
 def rebuild_exception(info: dict, frames: list) -> BaseException:
     """The remote exception described by ``info`` (and pickled in ``frames``, if any)."""
     reason = info.get("pickle_error", "")
+    cause = None
     if frames:
         try:
             exc = serialization.loads(frames)
-        except Exception as error:  # noqa: BLE001 - any failure: fall back to the text
+        except BaseException as error:  # noqa: BLE001 - any failure (SystemExit too): fall back to the text
             reason = f"it could not be rebuilt here: {type(error).__name__}: {error}"
+            cause = error
         else:
             if isinstance(exc, BaseException):
                 return exc
@@ -32,6 +34,7 @@ def rebuild_exception(info: dict, frames: list) -> BaseException:
     elif reason:
         reason = f"it could not be serialized remotely: {reason}"
     error = RemoteError(info.get("type", "Exception"), info.get("message", ""), info.get("text", ""), reason)
+    error.__cause__ = cause  # why it could not be rebuilt, when it arrived but failed to load
     if info.get("traceback"):
         try:
             error = error.with_traceback(Traceback.from_dict(info["traceback"]).as_traceback())

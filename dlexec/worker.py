@@ -98,12 +98,13 @@ class Worker:
         content = msg["content"]
         op = content.get("op")
         frames = [memoryview(b) for b in msg.get("buffers") or ()]
-        if content.get("layout"):
-            frames = serialization.unpack(content["layout"], frames)
         reply = _Reply(self.kernel.session, stream, idents, msg)
         try:
-            if content.get("modules"):
+            if content.get("modules"):  # sources from the signed content: the client counts them as sent
                 self.finder.update(content["modules"])
+            serialization.check_digests(content, frames, what="request")  # before anything is unpickled
+            if content.get("layout"):
+                frames = serialization.unpack(content["layout"], frames)
             handler = getattr(self, f"op_{op}", None)
             if handler is None:
                 reply.send({"status": "error", "error": f"unknown dlexec op {op!r}"})
@@ -158,7 +159,11 @@ class Worker:
             try:
                 fn = serialization.blob(fn_key)
                 args, kwargs = serialization.loads(frames)
-            except Exception as exc:  # noqa: BLE001
+            except (KeyboardInterrupt, _TaskTimeout):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - SystemExit in a __reduce__ too: the task fails, not the kernel
+                serialization.add_note(exc, "dlexec: the task's function or arguments could not be unpickled "
+                                            "in the kernel")
                 return self._error(exc, strip=0)
             try:
                 if timeout:
@@ -176,10 +181,12 @@ class Worker:
                 return self._error(exc, strip=1)
             try:
                 return "ok", None, serialization.dumps(result)
-            except Exception as exc:  # noqa: BLE001
-                error = TypeError(f"the result of the task cannot be serialized: {exc}")
-                error.__cause__ = exc
-                return self._error(error, strip=0)
+            except (KeyboardInterrupt, _TaskTimeout):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the error itself, as ProcessPoolExecutor sends it
+                serialization.add_note(exc, f"dlexec: the task's result (a {type(result).__name__}) could not be "
+                                            "pickled in the kernel")
+                return self._error(exc, strip=0)
         except (KeyboardInterrupt, _TaskTimeout) as exc:  # a signal between the steps above
             if isinstance(exc, _TaskTimeout):
                 return "timeout", {"timeout": timeout}, []
@@ -365,6 +372,8 @@ class _Reply:
         layout, buffers = serialization.pack(buffers)
         if layout:
             content["layout"] = layout
+        if "digests" in self.parent["content"]:  # the client checks them (serialization.digests)
+            content["digests"] = serialization.digests(buffers)
         self.session.send(self.stream, REPLY, content, parent=self.parent, ident=self.idents, buffers=buffers)
 
 

@@ -66,6 +66,10 @@ class Runtime(abc.ABC):
     def is_alive(self) -> bool:
         """Whether the kernel process is still running."""
 
+    def io_alive(self) -> bool:
+        """Whether the threads that carry this kernel's messages are running (once started)."""
+        return True
+
     def worker_settings(self) -> dict:
         """Settings for :func:`dlexec.worker.install` in this kernel (see there)."""
         return {}

@@ -28,6 +28,7 @@ import requests
 from jupyter_client.session import Session
 
 from ..errors import RuntimeStartError
+from ..secrets import SECRET_HEADERS, RedactingLogger, SecretSession, check_token, check_transport, redact
 from .base import Runtime
 
 _log = logging.getLogger("dlexec")
@@ -53,10 +54,16 @@ class JupyterServerRuntime(Runtime):
         subprotocol: str | None = "auto",
         request_timeout: float = 30.0,
         verify: bool | str = True,
+        allow_insecure: bool = False,
     ):
         super().__init__(name)
         if not url:
             raise ValueError("the jupyter backend needs the server's url= (or $DLEXEC_JUPYTER_URL)")
+        # Checked here, before any request: a malformed token would fail inside requests, whose
+        # error quotes the header; and a token goes over plain http:// only to this machine.
+        check_token(token, "the Jupyter Server token (token= or $DLEXEC_JUPYTER_TOKEN)")
+        if token or any(key.lower() in SECRET_HEADERS for key in headers or {}):
+            check_transport(url, "the Jupyter Server token", allow_insecure)
         self.url = url.rstrip("/")
         self.token = token
         self.kernel_name = kernel_name
@@ -64,7 +71,7 @@ class JupyterServerRuntime(Runtime):
         self.request_timeout = request_timeout
         self.kernel_id: str | None = None
         self.subprotocol: str | None = None
-        self._http = requests.Session()
+        self._http = SecretSession()  # no token on a redirect to another host
         self._http.verify = verify
         self._http.headers.update(headers or {})
         if token:
@@ -101,8 +108,9 @@ class JupyterServerRuntime(Runtime):
         except ValueError:
             message = response.text
         hint = " (check the token)" if response.status_code in (401, 403) else ""
+        message = redact(str(message), self.token).strip()[:300]
         raise RuntimeStartError(
-            f"Jupyter Server {self.url}: {doing} failed with {response.status_code}: {message.strip()[:300]}{hint}",
+            f"Jupyter Server {self.url}: {doing} failed with {response.status_code}: {message}{hint}",
             status=response.status_code,
         )
 
@@ -145,9 +153,12 @@ class JupyterServerRuntime(Runtime):
                 ping_interval=30,
                 ping_timeout=None,
                 ssl=None if scheme == "ws" else _ssl_context(self._http.verify),
+                # websockets logs the handshake's headers at DEBUG: the token must not be in them
+                logger=RedactingLogger(logging.getLogger("websockets.client"), [self.token]),
             ).__enter__()  # the context-manager form (websockets >= 17.1 deprecates the other)
         except Exception as exc:  # noqa: BLE001 - every failure here means: cannot reach the kernel
-            raise RuntimeStartError(f"cannot open the kernel WebSocket {ws_url}: {exc}") from exc
+            reason = redact(str(exc), self.token)
+            raise RuntimeStartError(f"cannot open the kernel WebSocket {ws_url}: {reason}") from exc
         self.subprotocol = self._ws.subprotocol
         for target, name in ((self._receive_loop, "recv"), (self._send_loop, "send")):
             thread = threading.Thread(target=target, name=f"dlexec-ws-{name}-{self.name}", daemon=True)
@@ -160,7 +171,10 @@ class JupyterServerRuntime(Runtime):
     def send(self, channel: str, msg: dict, buffers=()) -> None:
         if self._stopping or self._exit_reason is not None:
             raise RuntimeError(f"kernel {self.id} is not running")
-        self._outbox.put((channel, msg, list(buffers)))
+        # The JSON parts are made here, in the caller's thread: a message that cannot be sent
+        # (content that is not JSON) fails its caller, not the send thread. The frame itself
+        # (a copy of every buffer) is built by the send thread.
+        self._outbox.put((channel, self._serialize(channel, msg), list(buffers)))
 
     def interrupt(self) -> None:
         if self.kernel_id:
@@ -176,6 +190,9 @@ class JupyterServerRuntime(Runtime):
             )
         finally:
             self._restart_until = time.monotonic() + 10.0
+
+    def io_alive(self) -> bool:
+        return self._stopping or (bool(self._threads) and all(thread.is_alive() for thread in self._threads))
 
     def is_alive(self) -> bool:
         if self.kernel_id is None or self._exit_reason is not None:
@@ -235,23 +252,35 @@ class JupyterServerRuntime(Runtime):
     # -- the connection's threads ---------------------------------------------------------------
 
     def _send_loop(self) -> None:
+        """The send thread. A failure to send ends the connection, and says why (``on_exit``)."""
         while True:
             item = self._outbox.get()
             if item is _STOP:
                 return
-            channel, msg, buffers = item
-            frame = self._encode(channel, msg, buffers)
+            frame = b""
             try:
+                frame = self._frame(*item)
                 self._ws.send(frame)
-            except Exception as exc:  # noqa: BLE001
-                reason = f"the connection to kernel {self.id} failed while sending: {exc}"
+            except BaseException as exc:  # noqa: BLE001 - the thread never ends silently
+                reason = f"the connection to kernel {self.id} failed while sending: {exc!r}"
                 if len(frame) > _TORNADO_MAX_MESSAGE:
                     reason += (f"; the message was {len(frame) / 2**20:.0f} MiB and Jupyter Servers refuse more than "
                                "10 MiB unless configured otherwise (tornado's websocket_max_message_size)")
                 self._died(reason)
+                self._close_quietly()
                 return
+            finally:
+                del frame, item  # a large payload is not kept alive while the queue is empty
+
+    def _close_quietly(self) -> None:
+        try:
+            self._ws.close()
+        except BaseException:  # noqa: BLE001
+            pass
 
     def _receive_loop(self) -> None:
+        """The receive thread: per message, whatever fails is logged and the next one read;
+        if the connection ends (or the loop cannot go on), that is the kernel's death."""
         try:
             for frame in self._ws:
                 try:
@@ -263,17 +292,19 @@ class JupyterServerRuntime(Runtime):
                     state = msg["content"].get("execution_state")
                     if state in ("restarting", "dead") and time.monotonic() > self._restart_until:
                         self._died(f"kernel {self.id} died (the server reported it {state})")
+                        self._close_quietly()
                         return
                 try:
                     self.on_message(channel, msg)
-                except Exception:  # noqa: BLE001 - a handler bug must not stop the thread
+                except BaseException:  # noqa: BLE001 - a handler's failure must not stop the thread
                     _log.exception("dlexec: error while handling a %s message", channel)
-        except Exception as exc:  # noqa: BLE001
-            reason = f"the connection to kernel {self.id} was lost: {exc}"
+        except BaseException as exc:  # noqa: BLE001 - the thread never ends silently
+            reason = f"the connection to kernel {self.id} was lost: {exc!r}"
         else:
             close = getattr(self._ws, "close_reason", "") or ""
             code = getattr(self._ws, "close_code", None)
-            reason = f"the server closed the connection to kernel {self.id} (code {code}{': ' + close if close else ''})"
+            detail = f"{code}: {close}" if close else f"{code}"
+            reason = f"the server closed the connection to kernel {self.id} (code {detail})"
             if code == 1009:
                 reason += ("; a message was larger than the server accepts (tornado's "
                            "websocket_max_message_size, 10 MiB by default): send smaller payloads or raise it")
@@ -298,10 +329,10 @@ class JupyterServerRuntime(Runtime):
 
     # -- framing ------------------------------------------------------------------------------
 
-    def _encode(self, channel: str, msg: dict, buffers: list):
+    def _serialize(self, channel: str, msg: dict):
+        """The message's JSON: four parts (v1 protocol) or one document (the default protocol)."""
         if self.subprotocol == V1_SUBPROTOCOL:
-            parts = self._session.serialize(msg)[2:]  # header, parent, metadata, content (no signature)
-            return encode_v1(channel, [*parts, *buffers])
+            return self._session.serialize(msg)[2:]  # header, parent, metadata, content (no signature)
         wire = {
             "header": msg["header"],
             "parent_header": msg["parent_header"],
@@ -309,9 +340,15 @@ class JupyterServerRuntime(Runtime):
             "content": msg["content"],
             "channel": channel,
         }
+        return self._session.pack(wire)
+
+    def _frame(self, channel: str, head, buffers: list):
+        """One WebSocket frame: the JSON made by :meth:`_serialize` and the buffers."""
+        if self.subprotocol == V1_SUBPROTOCOL:
+            return encode_v1(channel, [*head, *buffers])
         if not buffers:
-            return self._session.pack(wire).decode("utf-8")
-        return encode_json_binary(self._session.pack(wire), buffers)
+            return head.decode("utf-8")
+        return encode_json_binary(head, buffers)
 
     def _decode(self, frame) -> tuple[str, dict]:
         if isinstance(frame, bytes):

@@ -131,7 +131,12 @@ class LocalRuntime(Runtime):
     def send(self, channel: str, msg: dict, buffers=()) -> None:
         if self._stopping or self._exit_reason is not None:
             raise RuntimeError(f"kernel {self.id} is not running")
-        self._outbox.append((channel, msg, list(buffers)))
+        # Serialized and signed here, in the caller's thread: a message that cannot be sent
+        # (content that is not JSON) fails its caller, not the I/O thread.
+        parts = self._session.serialize(msg)
+        parts.extend(buffers)
+        copy = max(memoryview(part).nbytes for part in parts) < self._session.copy_threshold
+        self._outbox.append((channel, parts, copy))
         self._wake()
 
     def interrupt(self) -> None:
@@ -148,6 +153,9 @@ class LocalRuntime(Runtime):
             raise RuntimeStartError(f"could not restart kernel {self.id}: {exc}") from exc
         finally:
             self._restarting = False
+
+    def io_alive(self) -> bool:
+        return self._thread is not None and (self._thread.is_alive() or self._stopping)
 
     def is_alive(self) -> bool:
         process = self._process
@@ -211,42 +219,56 @@ class LocalRuntime(Runtime):
             pass
 
     def _io_loop(self) -> None:
+        """The I/O thread: if it has to stop for any reason but terminate(), that is the
+        kernel's death for the client (``on_exit``), never a silent end."""
+        try:
+            self._io_loop_body()
+        except BaseException as exc:  # noqa: BLE001 - reported as the kernel's end, below
+            if self._exit_reason is None:
+                self._exit_reason = f"dlexec's I/O thread for kernel {self.id} failed: {exc!r}"
+            _log.error("dlexec: %s", self._exit_reason, exc_info=True)
+            self._kill()  # nobody can talk to it any more
+        finally:
+            for sock in self._sockets.values():
+                sock.close(linger=0)
+        if self._exit_reason is not None and not self._stopping:
+            self.on_exit(self._exit_reason)
+
+    def _kill(self) -> None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            _kill_group(process, getattr(self._km.provisioner, "pgid", None))
+
+    def _io_loop_body(self) -> None:
         poller = zmq.Poller()
         by_socket = {}
         for channel, sock in self._sockets.items():
             poller.register(sock, zmq.POLLIN)
             by_socket[sock] = channel
         poller.register(self._wake_r, zmq.POLLIN)
-        session = self._session
         next_check = 0.0
-        try:
-            while not self._stopping:
-                events = dict(poller.poll(_POLL_MS))
-                if self._wake_r in events:
-                    try:
-                        os.read(self._wake_r, 65536)
-                    except BlockingIOError:
-                        pass
-                while self._outbox:
-                    channel, msg, buffers = self._outbox.popleft()
-                    session.send(self._sockets[channel], msg, buffers=buffers)
-                for sock, channel in by_socket.items():
-                    if sock in events:
+        while not self._stopping:
+            events = dict(poller.poll(_POLL_MS))
+            if self._wake_r in events:
+                try:
+                    os.read(self._wake_r, 65536)
+                except BlockingIOError:
+                    pass
+            while self._outbox:
+                channel, parts, copy = self._outbox.popleft()
+                self._sockets[channel].send_multipart(parts, copy=copy)
+            for sock, channel in by_socket.items():
+                if sock in events:
+                    self._drain(sock, channel)
+            now = time.monotonic()
+            if now >= next_check or not events:
+                next_check = now + _POLL_MS / 1000
+                process = self._process
+                if not self._restarting and process is not None and process.poll() is not None:
+                    for sock, channel in by_socket.items():  # what it said before dying
                         self._drain(sock, channel)
-                now = time.monotonic()
-                if now >= next_check or not events:
-                    next_check = now + _POLL_MS / 1000
-                    process = self._process
-                    if not self._restarting and process is not None and process.poll() is not None:
-                        for sock, channel in by_socket.items():  # what it said before dying
-                            self._drain(sock, channel)
-                        self._exit_reason = self._describe_exit(process.returncode)
-                        break
-        finally:
-            for sock in self._sockets.values():
-                sock.close(linger=0)
-        if self._exit_reason is not None and not self._stopping:
-            self.on_exit(self._exit_reason)
+                    self._exit_reason = self._describe_exit(process.returncode)
+                    return
 
     def _drain(self, sock, channel: str) -> None:
         session = self._session
@@ -255,13 +277,16 @@ class LocalRuntime(Runtime):
                 idents, msg = session.recv(sock, mode=zmq.NOBLOCK, content=True, copy=False)
             except zmq.Again:
                 return
-            except Exception:  # noqa: BLE001 - a bad message must not kill the I/O thread
+            except zmq.ZMQError:
+                raise  # the socket itself failed: the loop ends, and says why
+            except Exception:  # noqa: BLE001 - a bad message (a wrong signature...) is dropped
+                _log.warning("dlexec: dropped a malformed %s message from kernel %s", channel, self.id, exc_info=True)
                 continue
             if msg is None:
                 return
             try:
                 self.on_message(channel, msg)
-            except Exception:  # noqa: BLE001 - a handler bug must not stop the I/O thread
+            except BaseException:  # noqa: BLE001 - a handler's failure must not stop the I/O thread
                 _log.exception("dlexec: error while handling a %s message", channel)
 
     def _describe_exit(self, code: int) -> str:
