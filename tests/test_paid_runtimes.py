@@ -47,6 +47,11 @@ def paid(standin, monkeypatch):
 def assert_none_left(standin) -> None:
     """No live runtime on the stand-in (polled: deletions may run in other threads), none owned here."""
     assert wait_no_live(standin) == [], "a runtime was left running"
+    # The stand-in ends a runtime when it takes the DELETE; the client forgets it when the
+    # answer arrives, a moment later, in the thread that deleted it.
+    deadline = time.monotonic() + 10
+    while datalayer_backend.owned_runtimes() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert datalayer_backend.owned_runtimes() == []
 
 
