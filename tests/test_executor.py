@@ -336,7 +336,10 @@ def test_kernels_start_lazily_and_are_reused():
 
 def test_shutdown_stops_every_kernel():
     ex = DatalayerExecutor(2)
-    pids = set(ex.map(pid_after, [0.3] * 4))
+    pids: set = set()
+    deadline = time.monotonic() + 60
+    while len(pids) < 2 and time.monotonic() < deadline:  # a loaded machine may start the 2nd kernel late
+        pids |= set(ex.map(pid_after, [0.3] * 4))
     assert len(pids) == 2
     ex.shutdown()
     from .conftest import wait_gone
