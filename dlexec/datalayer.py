@@ -9,9 +9,15 @@ creation that may have reached the server is never sent again, but reconciled by
 never "the last one listed".
 
 The token is the ``token`` argument, else ``$DATALAYER_API_KEY``, else
-``$DATALAYER_EXTERNAL_TOKEN`` (also sent as ``X-External-Token``). A missing token is
-reported by the first request that needs one (:class:`AuthenticationError`), so a client
-can be built, and its URLs inspected, without one.
+``$DATALAYER_EXTERNAL_TOKEN`` (also sent as ``X-External-Token``), else the system keyring
+entry that ``datalayer login`` writes (when the optional ``keyring`` package is installed),
+as the SDK looks for it. A missing token is reported by the first request that needs one
+(:class:`AuthenticationError`), so a client can be built, and its URLs inspected, without one.
+
+The runtimes, environments and snapshots API lives at the runtimes URL (``runtimes_url``,
+else ``run_url``, else ``$DATALAYER_RUNTIMES_URL``, else ``$DATALAYER_RUN_URL``); snapshots
+are under ``runtime-snapshots`` (SDK 1.1.x) or ``sandbox-snapshots`` (later versions): a 404
+of one switches to the other.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from .snapshots import RuntimeSnapshotModel
 
 DEFAULT_URL = "https://prod1.datalayer.run"
 RUNTIMES_API = "/api/runtimes/v1"
+#: The snapshots collection: its SDK 1.1.x name first, then its later one (tried on a 404).
+SNAPSHOT_PATHS = ("runtime-snapshots", "sandbox-snapshots")
 IAM_API = "/api/iam/v1"
 TOKEN_ENV_VARS = ("DATALAYER_API_KEY", "DATALAYER_EXTERNAL_TOKEN")
 #: Seconds between the listings that look for the runtime of a create whose outcome is unclear.
@@ -129,8 +137,9 @@ def terminate_command(pod_name: str) -> str:
     return f"dlexec runtimes terminate {shlex.quote(pod_name)}"
 
 
-def resolve_token(token: str | None = None) -> tuple[str | None, str | None]:
-    """``(token, source)``: the argument, else ``$DATALAYER_API_KEY``, else ``$DATALAYER_EXTERNAL_TOKEN``.
+def resolve_token(token: str | None = None, urls: tuple[str | None, ...] = ()) -> tuple[str | None, str | None]:
+    """``(token, source)``: the argument, else ``$DATALAYER_API_KEY``, else ``$DATALAYER_EXTERNAL_TOKEN``,
+    else the keyring entry ``datalayer login`` wrote for one of ``urls`` (source ``"keyring"``).
 
     A malformed token (whitespace, line breaks, non-ASCII) is a ``ValueError`` naming its source.
     """
@@ -139,7 +148,72 @@ def resolve_token(token: str | None = None) -> tuple[str | None, str | None]:
     for name in TOKEN_ENV_VARS:
         if os.environ.get(name):
             return check_token(os.environ[name], f"${name}"), name
+    for url in dict.fromkeys(u for u in urls if u):
+        stored = keyring_token(url)
+        if stored:
+            return check_token(stored, f"the keyring entry of {url} (`datalayer login` again)"), "keyring"
     return None, None
+
+
+def keyring_token(url: str) -> str | None:
+    """The token ``datalayer login`` stored for ``url`` (``keyring.get_password(url, "access_token")``;
+    SDK 1.1.x keys it by the run URL, later versions by the IAM URL), or None. ``keyring`` is an
+    optional extra (``pip install dlexec[keyring]``); a missing package or a failing backend means None."""
+    try:
+        import keyring  # optional: imported only when no other token source is set
+
+        return keyring.get_password(url, "access_token") or None
+    except Exception:  # noqa: BLE001 - no keyring, no backend, a locked one: as if no entry
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class DatalayerURLs:
+    """The Datalayer service URLs, with the SDK's 13 fields (``datalayer_core.utils.urls``)."""
+
+    run_url: str
+    iam_url: str
+    runtimes_url: str
+    spacer_url: str
+    library_url: str
+    manager_url: str
+    ai_agents_url: str
+    ai_inference_url: str
+    growth_url: str
+    success_url: str
+    status_url: str
+    support_url: str
+    mcp_server_url: str
+
+    @classmethod
+    def from_environment(cls, run_url: str | None = None, iam_url: str | None = None,
+                         runtimes_url: str | None = None, **others: str | None) -> DatalayerURLs:
+        """Each URL: the argument, else its ``$DATALAYER_<NAME>`` variable, else (run and IAM
+        aside) the IAM URL if one was set, else the default; as :class:`DatalayerClient` resolves
+        them (the IAM URL defaults to the run URL; the runtimes URL to the run URL)."""
+        iam_given = iam_url or os.environ.get("DATALAYER_IAM_URL")
+        run = _url(run_url, "DATALAYER_RUN_URL") or DEFAULT_URL
+        iam = (iam_given or run).rstrip("/")
+        values = {"run_url": run, "iam_url": iam, "runtimes_url": resolve_runtimes_url(runtimes_url, run_url)}
+        for field in dataclasses.fields(cls)[3:]:
+            env = "DATALAYER_" + field.name[: -len("_url")].upper() + "_URL"
+            values[field.name] = (_url(others.pop(field.name, None), env) or (iam if iam_given else None)
+                                  or DEFAULT_URL)
+        if others:
+            raise TypeError(f"unknown Datalayer URL(s): {', '.join(others)}")
+        return cls(**values)
+
+
+def resolve_runtimes_url(runtimes_url: str | None = None, run_url: str | None = None) -> str:
+    """The runtimes API's base URL: arguments first (``runtimes_url``, then ``run_url``), then
+    ``$DATALAYER_RUNTIMES_URL``, ``$DATALAYER_RUN_URL``, the default."""
+    return (runtimes_url or run_url or os.environ.get("DATALAYER_RUNTIMES_URL") or os.environ.get("DATALAYER_RUN_URL")
+            or DEFAULT_URL).rstrip("/")
+
+
+def _url(value: str | None, env: str) -> str | None:
+    value = value or os.environ.get(env)
+    return value.rstrip("/") if value else None
 
 
 class DatalayerClient:
@@ -155,13 +229,20 @@ class DatalayerClient:
     """
 
     def __init__(self, token: str | None = None, run_url: str | None = None, iam_url: str | None = None, *,
-                 timeout: float = 60.0, retry_deadline: float = 30.0, allow_insecure: bool = False):
-        self.token, self.token_source = resolve_token(token)
+                 runtimes_url: str | None = None, timeout: float = 60.0, retry_deadline: float = 30.0,
+                 allow_insecure: bool = False):
+        for option, value in (("token", token), ("run_url", run_url), ("iam_url", iam_url),
+                              ("runtimes_url", runtimes_url)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{option} must be a string or None, not {type(value).__name__}")
         self.run_url = (run_url or os.environ.get("DATALAYER_RUN_URL") or DEFAULT_URL).rstrip("/")
         self.iam_url = (iam_url or os.environ.get("DATALAYER_IAM_URL") or self.run_url).rstrip("/")
+        self.runtimes_url = resolve_runtimes_url(runtimes_url, run_url)
+        self.token, self.token_source = resolve_token(token, (self.run_url, self.iam_url))
         self.allow_insecure = allow_insecure
+        self._snapshot_path = SNAPSHOT_PATHS[0]
         if self.token:
-            for url in dict.fromkeys((self.run_url, self.iam_url)):
+            for url in dict.fromkeys((self.run_url, self.iam_url, self.runtimes_url)):
                 check_transport(url, "the Datalayer API token", allow_insecure)
         self.timeout = timeout
         self.retry_deadline = retry_deadline
@@ -175,7 +256,14 @@ class DatalayerClient:
         })
 
     def __repr__(self) -> str:
-        return f"DatalayerClient(run_url={self.run_url!r}, iam_url={self.iam_url!r}, token from {self.token_source})"
+        return (f"DatalayerClient(run_url={self.run_url!r}, iam_url={self.iam_url!r}, "
+                f"runtimes_url={self.runtimes_url!r}, token from {self.token_source})")
+
+    @property
+    def urls(self) -> DatalayerURLs:
+        """The URLs this client uses, in the SDK's shape."""
+        return dataclasses.replace(DatalayerURLs.from_environment(self.run_url, self.iam_url),
+                                   runtimes_url=self.runtimes_url)
 
     def close(self) -> None:
         self._session.close()
@@ -342,8 +430,8 @@ class DatalayerClient:
         """
         name = name or f"snapshot-{uuid.uuid4().hex[:12]}"
         body = {"pod_name": pod_name, "name": name, "description": description or name, "stop": bool(stop)}
-        url = self._run("/runtime-snapshots")
-        created = self._request("POST", url, json=body).get("snapshot") or {}
+        created = self._snapshots("POST", "", json=body).get("snapshot") or {}
+        url = self._run(f"/{self._snapshot_path}")
         uid = created.get("uid")
         for attempt in range(max(1, poll_attempts)):
             matches = [s for s in self.list_snapshots() if (s.uid == uid if uid else s.name == name)]
@@ -355,23 +443,53 @@ class DatalayerClient:
                              f"{poll_attempts} attempts", method="POST", url=url)
 
     def list_snapshots(self) -> list[Snapshot]:
-        return [Snapshot.from_json(s) for s in self._get(self._run("/runtime-snapshots")).get("snapshots") or []]
+        return [Snapshot.from_json(s) for s in self._snapshots("GET", "").get("snapshots") or []]
 
     def get_snapshot(self, uid: str) -> Snapshot:
         """One snapshot by uid; :class:`NotFoundError` if there is none."""
-        url = self._run(f"/runtime-snapshots/{quote(uid, safe='')}")
-        data = self._get(url).get("snapshot")
+        data = self._snapshots("GET", f"/{quote(uid, safe='')}").get("snapshot")
         if not isinstance(data, dict):
-            raise DatalayerError("the answer has no 'snapshot'", status=200, method="GET", url=url)
+            raise DatalayerError("the answer has no 'snapshot'", status=200, method="GET",
+                                 url=self._run(f"/{self._snapshot_path}/{quote(uid, safe='')}"))
         return Snapshot.from_json(data)
 
     def delete_snapshot(self, uid_or_name: str) -> bool:
         """Delete a snapshot given its uid or name: True if deleted, False if it was already gone."""
         uid = self._find_snapshot(uid_or_name).uid
         try:
-            self._delete(self._run(f"/runtime-snapshots/{quote(uid, safe='')}"))
+            self._snapshots("DELETE", f"/{quote(uid, safe='')}")
         except NotFoundError:
             return False
+        return True
+
+    def _snapshots(self, method: str, suffix: str, json: dict | None = None) -> dict:
+        """A request to the snapshots collection (``suffix``: "" or "/uid"). On a 404, if the
+        collection itself is missing under the current name, the other name is used from now on."""
+        for attempt in range(2):
+            url = self._run(f"/{self._snapshot_path}{suffix}")
+            try:
+                if method == "GET":
+                    return self._get(url)
+                if method == "DELETE":
+                    return self._delete(url)
+                return self._request(method, url, json=json)
+            except NotFoundError:
+                if attempt or not self._switch_snapshot_path(probe=bool(suffix) or method != "GET"):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _switch_snapshot_path(self, probe: bool) -> bool:
+        """After a 404: whether the snapshots collection is missing under its current name (then
+        switch to the other). ``probe``: the 404 may be the item's (a snapshot or pod unknown), so
+        list the collection to tell."""
+        if probe:
+            try:
+                self._get(self._run(f"/{self._snapshot_path}"))
+                return False  # the collection is there: the 404 was real
+            except NotFoundError:
+                pass
+        current = self._snapshot_path
+        self._snapshot_path = next(p for p in SNAPSHOT_PATHS if p != current)
         return True
 
     def _find_snapshot(self, uid_or_name: str) -> Snapshot:
@@ -387,7 +505,7 @@ class DatalayerClient:
     # -- transport -------------------------------------------------------------------------------
 
     def _run(self, path: str) -> str:
-        return self.run_url + RUNTIMES_API + path
+        return self.runtimes_url + RUNTIMES_API + path
 
     def _runtime_from(self, data: dict, method: str, url: str) -> RuntimeInfo:
         runtime = data.get("runtime") or data.get("kernel")  # older servers said "kernel"
@@ -406,7 +524,8 @@ class DatalayerClient:
     def _headers(self, method: str, url: str) -> dict:
         if not self.token:
             raise AuthenticationError("no token: set DATALAYER_API_KEY (or DATALAYER_EXTERNAL_TOKEN), "
-                                      "or pass token= / --token-file", hint="")
+                                      "pass token= / --token-file, or run `datalayer login` (with "
+                                      "`pip install dlexec[keyring]`)", hint="")
         check_transport(url, "the Datalayer API token", self.allow_insecure)  # also for URLs set after __init__
         headers = {"Authorization": f"Bearer {self.token}"}
         if self.token_source == "DATALAYER_EXTERNAL_TOKEN":
@@ -566,5 +685,6 @@ def _float(value: Any) -> float | None:
 
 __all__ = [
     "AuthenticationError", "CapacityError", "DatalayerClient", "DatalayerError", "Environment", "NotFoundError",
-    "RuntimeInfo", "Snapshot", "UnknownNameError", "resolve_token", "terminate_command",
+    "DatalayerURLs", "RuntimeInfo", "Snapshot", "UnknownNameError", "keyring_token", "resolve_runtimes_url",
+    "resolve_token", "terminate_command",
 ]

@@ -198,6 +198,7 @@ class _Pool:
             self.initializer_uses_user_modules = bool(self.initializer_modules)
         self.max_tasks_per_child = max_tasks_per_child
         self.backend = backend
+        self.given_runtime: RuntimeService | None = None  # a Datalayer runtime handed in: deleted at the end
         self.start_timeout = start_timeout
         check_ship_modules(runtime_options.get("ship_modules", True))  # here, not in a worker thread
         self.runtime_options = runtime_options
@@ -866,6 +867,9 @@ class _Pool:
             if worker.thread is not None and worker.thread is not threading.current_thread():
                 worker.thread.join(self.start_timeout + 5)
         _terminate_all(workers)
+        if self.given_runtime is not None:  # the runtime handed in: deleted once its kernels are gone
+            _terminate_quietly(self.given_runtime)
+            self.given_runtime = None
         _live_pools.discard(self)
 
     def _check_progress(self) -> None:
@@ -1084,15 +1088,23 @@ class DatalayerExecutor(Executor):
         idle_timeout = _seconds("idle_timeout", idle_timeout, optional=True)
         if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
             raise ValueError("max_retries must be an integer >= 0")
-        backend = prepare(backend)
+        backend = prepare(backend, runtime_options)  # Datalayer arguments select Datalayer, as for RuntimeService
         # The runtimes' options are checked now, not in a worker thread at the first task.
         RuntimeService.check_options(backend, runtime_options)
+        given = None
+        if backend == "datalayer" and runtime_options.get("delete_given", True) and all(
+                runtime_options.get(key) for key in ("pod_name", "ingress", "jupyter_token")):
+            # A runtime handed in: every worker starts a kernel on it, and the executor (not the
+            # first worker to stop) deletes it at shutdown, as RuntimeService.terminate() would.
+            given = RuntimeService("dlexec-given-runtime", backend=backend, **runtime_options)
+            runtime_options = {**runtime_options, "delete_given": False}
         self._max_workers = max_workers
         self._mp_context = mp_context
         self._pool = _Pool(max_workers, None if initializer is None else (initializer, tuple(initargs)),
                            max_tasks_per_child, backend, start_timeout, runtime_options,
                            task_timeout=task_timeout, max_retries=max_retries, interrupt_grace=interrupt_grace,
                            expiry_margin=expiry_margin, idle_timeout=idle_timeout)
+        self._pool.given_runtime = given
         # Garbage collection lets the pending work finish, then stops the kernels.
         self._finalizer = weakref.finalize(self, self._pool.shutdown, False)
 

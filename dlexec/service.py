@@ -2,9 +2,11 @@
 
 A :class:`RuntimeService` owns one runtime (one kernel): it starts it, runs code and
 files in it, moves variables in and out with dill (binary message buffers, one message
-each way), snapshots it and terminates it. Unlike the reference SDK, a kernel error makes
-``success`` False, a timeout interrupts the kernel, and ``execute_file`` runs ``.py``
-files and notebooks cell by cell.
+each way), snapshots it and terminates it. It is a drop-in for the Datalayer SDK's
+``RuntimeService`` (``datalayer_core`` 1.1.x): same arguments, lifecycle and shapes
+(``ExecutionResponse.model_dump()``, ``model``, ``urls``). Unlike the SDK, a kernel error
+makes ``success`` False, ``stdout`` and ``stderr`` are separate, a timeout interrupts the
+kernel, and ``execute_file`` runs ``.py`` files and notebooks cell by cell.
 
 Each :class:`dlexec.DatalayerExecutor` worker is a ``RuntimeService``.
 """
@@ -12,6 +14,7 @@ Each :class:`dlexec.DatalayerExecutor` worker is a ``RuntimeService``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -23,14 +26,22 @@ from typing import Any
 
 from . import serialization, snapshots
 from .channel import KernelChannel
+from .datalayer import DatalayerURLs
 from .errors import ExecutionError, RuntimeStartError
 from .modules import check_ship_modules, sources_to_ship, user_modules
-from .runtimes import create_runtime, prepare
+from .runtimes import DEFAULT_ENVIRONMENT, create_runtime, prepare
 from .snapshots import RuntimeSnapshotModel
 
-DEFAULT_ENVIRONMENT = "python-cpu-env"
-DEFAULT_RUN_URL = "https://prod1.datalayer.run"
+
+class _DefaultURL(str):
+    """The default ``run_url``: the SDK's URL, told apart (by identity) from the same URL given
+    explicitly, which selects the Datalayer backend."""
+
+
+DEFAULT_RUN_URL = _DefaultURL("https://prod1.datalayer.run")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+#: What ``ExecutionResponse.model_dump()`` returns, in order: the SDK's fields.
+_DUMP_FIELDS = ("success", "message", "execute_response", "stdout", "stderr")
 
 
 @dataclasses.dataclass
@@ -69,6 +80,18 @@ class ExecutionResponse:
         found = [o for o in self.execute_response if o.get("output_type") == "execute_result"]
         return found[-1]["data"] if found else None
 
+    def model_dump(self, *, include: set | None = None, exclude: set | None = None, **_: Any) -> dict:
+        """The response as a dict with the SDK's (pydantic) field names: ``success``, ``message``,
+        ``execute_response``, ``stdout``, ``stderr``. ``include``/``exclude`` pick fields, as in pydantic."""
+        return {name: (list(self.execute_response) if name == "execute_response" else getattr(self, name))
+                for name in _DUMP_FIELDS
+                if (include is None or name in include) and not (exclude and name in exclude)}
+
+    def model_dump_json(self, *, indent: int | None = None, include: set | None = None,
+                        exclude: set | None = None, **_: Any) -> str:
+        """:meth:`model_dump` as JSON (values JSON cannot hold are written as text)."""
+        return json.dumps(self.model_dump(include=include, exclude=exclude), indent=indent, default=str)
+
     def __repr__(self) -> str:
         return (f"ExecutionResponse(success={self.success!r}, message={self.message!r}, "
                 f"stdout={self.stdout!r}, stderr={self.stderr!r})")
@@ -76,9 +99,13 @@ class ExecutionResponse:
 
 @dataclasses.dataclass
 class RuntimeModel:
-    """A runtime's configuration and state, as the seed's ``model`` property returns it.
+    """A runtime's configuration and state, with the fields of the SDK's ``RuntimeModel``.
 
-    The runtime's token is kept out of the repr (a secret is never shown): read ``jupyter_token``.
+    Secrets are kept out of the repr (a secret is never shown), but are there to read:
+    ``token`` (the Datalayer API key used), ``external_token``, ``jupyter_token`` (the
+    runtime's own) and ``runtime`` (the server's RUNTIME object, which holds it).
+    ``started_at``/``expired_at`` keep the type the server sent (the stand-in and the API
+    send strings of epoch seconds). ``kernel_client`` is dlexec's channel to the kernel.
     """
 
     name: str
@@ -93,29 +120,47 @@ class RuntimeModel:
     uid: str | None = None
     burning_rate: float | None = None
     jupyter_token: str | None = dataclasses.field(default=None, repr=False)
-    started_at: str | None = None
-    expired_at: str | None = None
+    started_at: str | float | None = None
+    expired_at: str | float | None = None
+    token: str | None = dataclasses.field(default=None, repr=False)
+    external_token: str | None = dataclasses.field(default=None, repr=False)
+    runtime: dict = dataclasses.field(default_factory=dict, repr=False)
+    kernel_client: Any = dataclasses.field(default=None, repr=False)
+    kernel_id: str | None = None
+    executing: bool = False
+    url: str = ""  # the SDK's legacy alias of run_url
+    credits_per_second: float | None = None  # the SDK's legacy name of burning_rate
+    extra: dict | None = None
 
+    def __post_init__(self) -> None:
+        self.url = self.url or self.run_url
 
-@dataclasses.dataclass(frozen=True)
-class DatalayerURLs:
-    run_url: str
-    iam_url: str
+    @property
+    def credits_limit(self) -> float | None:
+        """Credits reserved: burning rate (credits/s) x 60 x ``time_reservation`` (minutes), as the SDK computes it."""
+        if self.burning_rate is None:
+            return None
+        return self.burning_rate * 60.0 * self.time_reservation
 
 
 class RuntimeService:
     """One runtime: start it, run code in it, move variables, snapshot, terminate.
 
-    The arguments are the seed API's. ``backend`` chooses where the kernel runs
-    (``"local"`` by default, or ``$DLEXEC_BACKEND``); ``snapshot`` starts the runtime from
-    a snapshot's variables; ``ship_modules`` (True, False or a list of top-level packages)
+    The arguments are the seed API's (the Datalayer SDK's). Where the kernel runs:
+    ``backend=`` if given; else Datalayer if a Datalayer argument is given (``run_url``,
+    ``iam_url``, ``token``, an ``environment`` other than the default, or ``pod_name``/
+    ``ingress``/``jupyter_token`` of an existing runtime, which is then connected to, not
+    created); else ``$DLEXEC_BACKEND``; else a local kernel. ``snapshot`` starts the
+    runtime from a snapshot; ``ship_modules`` (True, False or a list of top-level packages)
     says which of your modules may be sent to a remote runtime that lacks them (see
-    :mod:`dlexec.modules`); other keyword arguments go to the backend (for ``local``:
-    ``kernel_name``, ``extra_arguments``, ``env``, ``cwd``). On the local backend the
-    Datalayer arguments (environment, URLs, token) are kept but not used.
+    :mod:`dlexec.modules`); other keyword arguments go to the backend (for ``datalayer``:
+    ``runtimes_url``, ``warmup_timeout``...; for ``local``: ``kernel_name``,
+    ``extra_arguments``, ``env``, ``cwd``).
 
-    The runtime starts on ``__enter__``, :meth:`start`, or the first call that needs it,
-    and stops on ``__exit__``, :meth:`terminate`, garbage collection or interpreter exit.
+    The runtime starts on ``__enter__``, :meth:`start`, or the first call that needs it.
+    :meth:`terminate` (or :meth:`stop`, or leaving the ``with`` block) stops it and deletes
+    a Datalayer runtime, whether dlexec created it or was handed it (``pod_name``), as the
+    SDK does; garbage collection and interpreter exit do the same for a started one.
     """
 
     def __init__(
@@ -144,15 +189,23 @@ class RuntimeService:
         _check_text("environment", environment)
         run_url = DEFAULT_RUN_URL if run_url is None else run_url  # None: not given, as iam_url
         for option, value in (("run_url", run_url), ("iam_url", iam_url), ("token", token), ("pod_name", pod_name),
-                              ("ingress", ingress), ("jupyter_token", jupyter_token)):
+                              ("ingress", ingress), ("jupyter_token", jupyter_token),
+                              ("runtimes_url", runtime_options.get("runtimes_url"))):
             _check_text(option, value, optional=True)
-        self._backend = prepare(backend)
+        # Only URLs given here override $DATALAYER_RUN_URL / $DATALAYER_IAM_URL (the reference
+        # SDK ignored the variables whenever the defaults applied).
+        self._urls_given = {"run_url": None if run_url is DEFAULT_RUN_URL else run_url, "iam_url": iam_url,
+                            "runtimes_url": runtime_options.get("runtimes_url")}
+        self._backend = prepare(backend, {
+            **self._urls_given, "token": token, "environment": environment, "pod_name": pod_name,
+            "ingress": ingress, "jupyter_token": jupyter_token})
+        urls = DatalayerURLs.from_environment(**self._urls_given)
         self._model = RuntimeModel(
             name=name,
             environment=environment,
             time_reservation=time_reservation,
-            run_url=run_url.rstrip("/"),
-            iam_url=(iam_url or run_url).rstrip("/"),
+            run_url=urls.run_url,
+            iam_url=urls.iam_url,
             backend=self._backend,
             pod_name=pod_name,
             ingress=ingress,
@@ -165,9 +218,6 @@ class RuntimeService:
         )
         self._token = token
         self._snapshot = snapshot
-        # Only URLs given here override $DATALAYER_RUN_URL / $DATALAYER_IAM_URL (the reference
-        # SDK ignored the variables whenever the defaults applied).
-        self._urls_given = {"run_url": run_url if run_url != DEFAULT_RUN_URL else None, "iam_url": iam_url}
         self._start_timeout = start_timeout
         # Which of the user's modules may travel to a remote runtime (dlexec.modules).
         self._ship_modules = check_ship_modules(runtime_options.pop("ship_modules", True))
@@ -179,6 +229,25 @@ class RuntimeService:
         self._state_lock = threading.Lock()
         self._shipped_modules: dict[str, str] = {}  # user modules sent to the runtime: name -> digest
         self._modules_lock = threading.Lock()
+        self._client = None  # the Datalayer REST client (datalayer backend)
+        self._given_deleted = False  # a runtime handed in, deleted by terminate() before any start
+        if self._backend == "datalayer":
+            self._check_datalayer()
+
+    def _check_datalayer(self) -> None:
+        """Build (not start) the Datalayer runtime now, so that a bad setting fails here, not at
+        the first call; keep its client (the token and URLs it resolved) for the runtime."""
+        model = self._model
+        probe = create_runtime(self._backend, model.name, **self._backend_options())
+        if not (model.ingress and model.jupyter_token) and not probe.client.token:  # creating one needs a key
+            raise ValueError("dlexec needs your Datalayer API key to create a runtime: pass token=, set "
+                             "DATALAYER_API_KEY, or run `datalayer login` (with `pip install dlexec[keyring]`)")
+        self._client = probe.client
+        model.token = self._client.token
+        if self._client.token_source == "DATALAYER_EXTERNAL_TOKEN":
+            model.external_token = self._client.token
+        model.run_url = model.url = self._client.run_url
+        model.iam_url = self._client.iam_url
 
     @classmethod
     def check_options(cls, backend: str | None, options: dict) -> None:
@@ -190,8 +259,9 @@ class RuntimeService:
                 raise TypeError(f"{reserved!r} is not a runtime option here: the executor sets it for each runtime "
                                 "(use DatalayerExecutor's own argument, if it has one)")
         probe = cls("dlexec-options-check", backend=backend, **options)
-        runtime = create_runtime(probe._backend, probe.name, **probe._backend_options())
-        runtime.terminate()  # never started: this only frees what the constructor holds
+        if probe._backend != "datalayer":  # (the constructor checked a Datalayer runtime already)
+            runtime = create_runtime(probe._backend, probe.name, **probe._backend_options())
+            runtime.terminate()  # never started: this only frees what the constructor holds
 
     # -- properties (the seed's) ------------------------------------------------------------
 
@@ -210,7 +280,11 @@ class RuntimeService:
 
     @property
     def urls(self) -> DatalayerURLs:
-        return DatalayerURLs(self._model.run_url, self._model.iam_url)
+        """The Datalayer URLs this runtime uses (from the arguments, else ``$DATALAYER_*_URL``), in
+        the SDK's shape (13 fields, with ``runtimes_url``)."""
+        if self._client is not None:
+            return self._client.urls
+        return DatalayerURLs.from_environment(**self._urls_given)
 
     @property
     def channel(self) -> KernelChannel:
@@ -256,8 +330,13 @@ class RuntimeService:
                 setattr(model, field, facts[field])
         # Not in describe(), which users print: a secret is read from the runtime itself.
         model.jupyter_token = getattr(runtime, "jupyter_token", None) or model.jupyter_token
+        info = getattr(runtime, "info", None)
+        if info is not None:  # the server's RUNTIME object (the SDK keeps it; it holds the token)
+            model.runtime = dict(info.raw)
         model.uid = facts.get("uid") or model.uid or facts.get("kernel_id") or facts.get("id")
-        model.started_at = str(facts.get("started_at") or model.started_at or time.time())
+        model.started_at = facts.get("started_at") or model.started_at or str(time.time())
+        model.kernel_id, model.kernel_client = facts.get("kernel_id"), channel
+        model.credits_per_second = model.burning_rate
         if self._snapshot and runtime.kind == "local":  # a Datalayer runtime started from it already
             self._restore(snapshots.get(self._snapshot))
         return self
@@ -283,6 +362,8 @@ class RuntimeService:
                 ingress=model.ingress,
                 jupyter_token=model.jupyter_token,
             )
+            if self._client is not None:  # the one the constructor checked: same token and URLs
+                options["client"] = self._client
         return options
 
     def restart(self) -> None:
@@ -300,16 +381,51 @@ class RuntimeService:
             self.start()
 
     def terminate(self) -> bool:
-        """Stop the runtime and wait until it is gone; a paid runtime whose create request is
-        still in flight is deleted as soon as that request answers. Returns False if it was
-        never started."""
+        """Stop the runtime and wait until it is gone; on Datalayer, delete it, whether dlexec
+        created it or was handed it (``pod_name``), as the SDK does. A paid runtime whose create
+        request is still in flight is deleted as soon as that request answers.
+
+        Returns True if it was stopped (on Datalayer: and deleted, or already gone); False if
+        there was nothing to stop (never started, already terminated) or the deletion failed
+        (reported with the command that deletes it). A runtime handed in and never started is
+        deleted too (the SDK leaves it running and returns False)."""
         with self._state_lock:
             if self._finalizer is None:
                 self._terminated = self._starting  # a start under way gives up
-                return False
-        self._finalizer.detach()
+                given = not self._starting and self._handed_in() and not self._given_deleted
+                self._given_deleted = self._given_deleted or given
+            else:
+                given = None
+        if given is not None:
+            return self._delete_given() if given else False
+        first = self._finalizer.detach() is not None
         self._runtime.terminate()  # idempotent; a concurrent call waits for the first
-        return True
+        self._model.kernel_client, self._model.kernel_id = None, None
+        deleted = getattr(self._runtime, "deleted", None)
+        if first and deleted is None and getattr(self._runtime, "delete_given", False):
+            # A runtime handed in whose start failed (it was not taken over): deleted now, on request.
+            with self._state_lock:
+                given, self._given_deleted = not self._given_deleted, True
+            if given:
+                return self._delete_given()
+        return first and deleted is not False
+
+    def stop(self) -> bool:
+        """The same as :meth:`terminate` (the SDK's later versions call it ``stop``)."""
+        return self.terminate()
+
+    def _handed_in(self) -> bool:
+        model = self._model
+        return bool(self._backend == "datalayer" and model.pod_name and model.ingress and model.jupyter_token)
+
+    def _delete_given(self) -> bool:
+        """Delete a runtime handed in that was never started."""
+        runtime = create_runtime(self._backend, self._model.name, **self._backend_options())
+        if not runtime.delete_given:  # the caller chose to keep it (delete_given=False)
+            return False
+        runtime.adopt()
+        runtime.terminate()
+        return bool(runtime.deleted)
 
     def __enter__(self) -> RuntimeService:
         return self.start()

@@ -39,6 +39,12 @@ Endpoints (all under ``dl.url``; every response body is a JSON object with ``suc
     DELETE /api/runtimes/v1/runtime-snapshots/{uid}   S4 -> 204
     *      /jupyter/server/pool/{pod_name}/...    reverse proxy to the runtime's Jupyter Server (the ``ingress``)
 
+The ingress takes the runtime's token only in the form the SDK's kernel client sends (doc §1.3):
+``Authorization: Bearer <token>`` on HTTP and the ``token`` query parameter on the WebSocket; Jupyter's
+``Authorization: token <token>`` is answered 401, so that a client that relies on it is caught.
+The snapshot endpoints are also served under their later name ``sandbox-snapshots`` (``snapshot_paths`` says
+which of the two names exist).
+
 Runtimes: R1 spawns ``python -m jupyter_server`` (base_url = the ingress path, token = the RUNTIME ``token``) and
 answers at once; until that server accepts connections the ingress answers 502 (JSON), as a warming-up ingress does.
 WebSocket frames up to 1 GB pass both ways (checked by hand: 1e9-byte frames, ~25-30 MB/s on a 2-core machine).
@@ -473,6 +479,8 @@ class _IngressHandler(tornado.websocket.WebSocketHandler):
             # Doc silent: ended or never existed; a real ingress would answer 404 (no route) or 502: we say 404.
             self._error(404, f"Runtime {pod_name} not found.")
             return
+        if not self._authenticated(record):
+            return
         self.record = record
         record.proxied_requests += 1
         if record.forced_502_left > 0 and await self.dl._backend_accepting(record):
@@ -480,6 +488,27 @@ class _IngressHandler(tornado.websocket.WebSocketHandler):
                 record.forced_502_left -= 1
                 record.forced_502_served += 1
                 self._error(502, f"Bad Gateway: runtime {pod_name} is warming up (injected).")
+
+    def _authenticated(self, record: RuntimeRecord) -> bool:
+        """The ingress accepts the runtime token only in the SDK's form (doc §1.3, jupyter-kernel-client):
+        ``Authorization: Bearer <token>`` on HTTP, the ``token`` query parameter on the WebSocket. Doc silent
+        on what the real ingress does with other forms: here Jupyter's ``Authorization: token ...`` is refused
+        (401), so that a client relying on it is caught. Otherwise answers 401 and returns False."""
+        header = self.request.headers.get("Authorization", "")
+        if self.request.headers.get("Upgrade", "").lower() == "websocket":
+            given = self.get_query_argument("token", "")
+            expected = "the 'token' query parameter"
+            if header and not re.fullmatch(r"(?i)bearer\s+\S+\s*", header):
+                given = ""
+        else:
+            match = re.fullmatch(r"(?i)bearer\s+(\S+)\s*", header)
+            given = match.group(1) if match else ""
+            expected = "an 'Authorization: Bearer <runtime token>' header"
+        if given and secrets.compare_digest(given, record.token):
+            return True
+        self.set_header("WWW-Authenticate", 'Bearer realm="datalayer-ingress"')
+        self._error(401, f"Unauthorized: the ingress of {record.pod_name} expects {expected}.")
+        return False
 
     def _backend_url(self, scheme: str) -> str:
         assert self.record is not None
@@ -615,7 +644,7 @@ class _IngressHandler(tornado.websocket.WebSocketHandler):
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     # Expected 4xx/5xx (warm-up 502s, injected faults) would flood test output at tornado's default levels.
     request = handler.request
-    _access_log.debug("%d %s %s %.1fms", handler.get_status(), request.method, request.uri,
+    _access_log.debug("%d %s %s %.1fms", handler.get_status(), request.method, request.path,
                       1000.0 * request.request_time())
 
 
@@ -693,6 +722,8 @@ class DatalayerStandIn:
         self.warmup_502 = 0
         self.fail_deletes = False
         self.create_fault: str | tuple | None = None
+        #: The snapshot collections served (doc §1.2: renamed runtime-snapshots -> sandbox-snapshots in DC-LATE).
+        self.snapshot_paths: tuple[str, ...] = ("runtime-snapshots", "sandbox-snapshots")
         # introspection
         self.requests: list[tuple[str, str, Any, dict[str, str]]] = []
         self.user_uid = new_ulid().upper()
@@ -1024,12 +1055,25 @@ class DatalayerStandIn:
             ("GET", rt + "/runtimes/([^/]+)", self._get_runtime, True),
             ("PUT", rt + "/runtimes/([^/]+)", self._update_runtime, True),
             ("DELETE", rt + "/runtimes/([^/]+)", self._delete_runtime, True),
-            ("POST", rt + "/runtime-snapshots", self._create_snapshot, True),
-            ("GET", rt + "/runtime-snapshots", self._list_snapshots, True),
-            ("GET", rt + "/runtime-snapshots/([^/]+)", self._get_snapshot, True),
-            ("DELETE", rt + "/runtime-snapshots/([^/]+)", self._delete_snapshot, True),
         ]
+        # Snapshots: "runtime-snapshots" (DC-OLD) and its later name "sandbox-snapshots" (DC-LATE, doc §1.2),
+        # each served only while listed in ``snapshot_paths`` (else 404, as a server without that path).
+        for collection in ("runtime-snapshots", "sandbox-snapshots"):
+            table += [
+                ("POST", rt + f"/{collection}", self._served(collection, self._create_snapshot), True),
+                ("GET", rt + f"/{collection}", self._served(collection, self._list_snapshots), True),
+                ("GET", rt + f"/{collection}/([^/]+)", self._served(collection, self._get_snapshot), True),
+                ("DELETE", rt + f"/{collection}/([^/]+)", self._served(collection, self._delete_snapshot), True),
+            ]
         return [(method, re.compile(pattern), func, auth) for method, pattern, func, auth in table]
+
+    def _served(self, collection: str, func):
+        def endpoint(request, *args):
+            if collection not in self.snapshot_paths:
+                raise _Reply(404, f"No such endpoint: {request.method} {request.path}.")
+            return func(request, *args)
+
+        return endpoint
 
     @staticmethod
     def _body(request) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pytest
 import requests
 from jupyter_client.jsonutil import json_default
 from jupyter_client.session import Session
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from .datalayer_standin import INGRESS_PREFIX, DatalayerStandIn
@@ -85,7 +85,7 @@ def wait_ingress(runtime, timeout=60.0) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         r = requests.get(runtime["ingress"] + "/api/status", timeout=10,
-                         headers={"Authorization": f"token {runtime['token']}"})
+                         headers={"Authorization": f"Bearer {runtime['token']}"})
         seen.append(r.status_code)
         if r.status_code == 200:
             return seen
@@ -209,8 +209,13 @@ def test_runtime_lifecycle_through_the_ingress(dl):
     assert pid_alive(server_pid) and record.from_snapshot is None
 
     wait_ingress(runtime)
-    auth = {"Authorization": f"token {runtime['token']}"}
+    auth = {"Authorization": f"Bearer {runtime['token']}"}
     assert requests.get(runtime["ingress"] + "/api/kernels", timeout=10).status_code in (401, 403)
+    # the ingress takes the runtime token in the SDK's form only: Bearer on HTTP (not Jupyter's "token ...")
+    r = requests.get(runtime["ingress"] + "/api/kernels", headers={"Authorization": f"token {runtime['token']}"},
+                     timeout=10)
+    assert r.status_code == 401 and "Bearer" in r.json()["message"]
+    assert requests.get(runtime["ingress"] + "/api/kernels", headers=auth, timeout=10).status_code == 200
 
     dl.fail_next("POST", r"/api/kernels$", 503, "injected")
     r = requests.post(runtime["ingress"] + "/api/kernels", json={"name": "python3"}, headers=auth, timeout=60)
@@ -283,6 +288,15 @@ def test_runtime_lifecycle_through_the_ingress(dl):
             if msg["channel"] == "shell" and msg["parent_header"].get("msg_id") == request["header"]["msg_id"]:
                 break
         assert msg["header"]["msg_type"] == "kernel_info_reply"
+
+    # the WebSocket needs the token as the `token` query parameter (the SDK's form), not in a "token" header
+    bare_url = ws_url.split("&token=")[0]
+    for headers in ({}, {"Authorization": f"token {runtime['token']}"}):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(bare_url, additional_headers=headers, open_timeout=30)
+        assert refused.value.response.status_code == 401
+    with pytest.raises(InvalidStatus):
+        connect(ws_url, additional_headers={"Authorization": f"token {runtime['token']}"}, open_timeout=30)
 
     # plain HTTP passthrough: empty-body POST answered 204, Jupyter's own 404
     r = requests.post(runtime["ingress"] + f"/api/kernels/{kernel_id}/interrupt", headers=auth, timeout=30)
@@ -362,7 +376,7 @@ def test_capacity_snapshot_stop_from_warmup_and_expire(dl):
 
         # expiry with a kernel WebSocket open: the connection closes
         r = requests.post(runtime["ingress"] + "/api/kernels", json={"name": "python3"}, timeout=60,
-                          headers={"Authorization": f"token {runtime['token']}"})
+                          headers={"Authorization": f"Bearer {runtime['token']}"})
         assert r.status_code == 201
         ws_url = (runtime["ingress"].replace("http", "ws", 1)
                   + f"/api/kernels/{r.json()['id']}/channels?token={runtime['token']}")
@@ -396,7 +410,7 @@ def test_automatic_expiry_and_stop_kill_everything():
         # a kernel on the long-lived runtime, so that stop() has a kernel process to kill
         wait_ingress(long)
         r = requests.post(long["ingress"] + "/api/kernels", json={"name": "python3"}, timeout=60,
-                          headers={"Authorization": f"token {long['token']}"})
+                          headers={"Authorization": f"Bearer {long['token']}"})
         assert r.status_code == 201
 
         deadline = time.monotonic() + 10

@@ -10,6 +10,13 @@ is deleted by :meth:`terminate`, when connecting to it fails, and at interpreter
 (also after Ctrl-C, and after SIGTERM: see :mod:`dlexec.runtimes.signals`). One that
 cannot be deleted is reported with its pod name and the command that deletes it.
 
+A runtime handed in (``pod_name``, ``ingress`` and ``jupyter_token`` of an existing one) is
+connected to, not created, and deleted by :meth:`terminate` too, as the Datalayer SDK does:
+whoever hands a runtime to dlexec hands over its end.
+
+The ingress is reached as the SDK reaches it: ``Authorization: Bearer`` on HTTP, the
+``token`` query parameter on the WebSocket.
+
 Each create carries a unique ``given_name`` (the runtime's name plus a random suffix), so
 that a create whose answer is lost, or that :meth:`~DatalayerRuntime.terminate` or the exit
 overtakes, is found by listing and deleted (see :meth:`dlexec.datalayer.DatalayerClient.create_runtime`).
@@ -47,9 +54,11 @@ class DatalayerRuntime(Runtime):
 
     ``environment``, ``time_reservation`` (minutes), ``run_url``, ``iam_url`` and ``token``
     are the seed API's; ``snapshot`` (a Datalayer snapshot name or uid) starts the runtime
-    from it. ``warmup_timeout`` bounds the wait for a new runtime's ingress, and
-    ``retry_deadline`` the retries of each API call. Given ``pod_name``, ``ingress`` and ``jupyter_token`` of an existing runtime,
-    it connects to it instead, and does not delete it.
+    from it. ``runtimes_url`` is the runtimes API's URL (default ``run_url``). ``warmup_timeout``
+    bounds the wait for a new runtime's ingress, and ``retry_deadline`` the retries of each API
+    call. Given ``ingress`` and ``jupyter_token`` of an existing runtime, it connects to it
+    instead; with its ``pod_name`` it also deletes it on :meth:`terminate` (as the SDK does),
+    unless ``delete_given=False``.
     """
 
     kind = "datalayer"
@@ -72,22 +81,35 @@ class DatalayerRuntime(Runtime):
         retry_deadline: float = 30.0,
         client: DatalayerClient | None = None,
         allow_insecure: bool = False,
+        runtimes_url: str | None = None,
+        delete_given: bool = True,
     ):
         super().__init__(name)
-        if not (ingress and jupyter_token):  # it will create a runtime: refuse a reservation that cannot work
+        given = bool(ingress and jupyter_token)
+        if not given:  # it will create a runtime: refuse a reservation that cannot work
             check_time_reservation(time_reservation)
+            if ingress or jupyter_token:
+                raise ValueError("an existing runtime needs both ingress= and jupyter_token= (its Jupyter Server "
+                                 f"token); {'jupyter_token' if ingress else 'ingress'}= is missing")
         self.environment = environment
         self.time_reservation = time_reservation
         self.snapshot = snapshot
         self.kernel_name = kernel_name
         self.warmup_timeout = warmup_timeout
-        self.client = client or DatalayerClient(token, run_url, iam_url, retry_deadline=retry_deadline,
-                                                allow_insecure=allow_insecure)
+        self.client = client or DatalayerClient(token, run_url, iam_url, runtimes_url=runtimes_url,
+                                                retry_deadline=retry_deadline, allow_insecure=allow_insecure)
+        # A runtime handed in is deleted on terminate(): without an API key that would fail only then.
+        self.delete_given = bool(given and pod_name and delete_given)
+        if self.delete_given and not self.client.token:
+            raise ValueError(f"dlexec deletes the runtime {pod_name} it was handed when done (as the Datalayer SDK "
+                             "does), which needs your Datalayer API key: pass token=, set DATALAYER_API_KEY or run "
+                             "`datalayer login`; or pass no pod_name= to only use the runtime")
         self.allow_insecure = allow_insecure  # tokens over plain http:// to other machines (API and ingress)
         self.info = None  # dlexec.datalayer.RuntimeInfo once created or found
         self.pod_name = pod_name
         self.ingress, self.jupyter_token = ingress, jupyter_token
-        self.owned = False
+        self.owned = False  # this object deletes the runtime on terminate (it created it, or was handed it)
+        self.deleted: bool | None = None  # once terminated: whether the runtime was deleted
         self.kernel: JupyterServerRuntime | None = None
         self._terminated = False
         self._terminate_lock = threading.Lock()
@@ -110,8 +132,21 @@ class DatalayerRuntime(Runtime):
         try:
             self._connect(self.warmup_timeout)
         except BaseException:
-            self.terminate()  # never leave a paid runtime behind a failed start
+            self.terminate()  # never leave a paid runtime we created behind a failed start
             raise
+        if self.delete_given:
+            # Taken over once connected: a runtime handed in that cannot be reached (a wrong ingress,
+            # a refused token) is left as it was, not deleted by a failed start.
+            self.adopt()
+
+    def adopt(self) -> None:
+        """Take over a runtime handed in: :meth:`terminate` (and the exit) will delete it."""
+        with self._terminate_lock:
+            if self._terminated:
+                raise RuntimeStartError(f"runtime {self.pod_name} was terminated while it started")
+            self.owned = True
+            with _owned_lock:
+                _owned[self.pod_name] = self
 
     def _create(self) -> None:
         """Create the runtime; if :meth:`terminate` came while the request was in flight, delete it."""
@@ -156,7 +191,7 @@ class DatalayerRuntime(Runtime):
         delay = 0.25
         while True:
             kernel = JupyterServerRuntime(self.name, self.ingress, self.jupyter_token, self.kernel_name,
-                                          allow_insecure=self.allow_insecure)
+                                          allow_insecure=self.allow_insecure, auth="bearer")
             kernel.on_message = lambda channel, msg: self.on_message(channel, msg)
             kernel.on_exit = lambda reason: self.on_exit(f"{reason} [runtime {self.pod_name}]")
             try:
@@ -216,7 +251,7 @@ class DatalayerRuntime(Runtime):
             if self.kernel is not None:
                 self.kernel.terminate()
             if self.owned:
-                _delete(self)
+                self.deleted = _delete(self)
 
     def describe(self) -> dict:
         """Facts for users, without the runtime's token (it is ``self.jupyter_token``)."""
@@ -228,9 +263,10 @@ class DatalayerRuntime(Runtime):
             "kernel_id": self.kernel.kernel_id if self.kernel else None,
             "environment": self.environment,
         }
-        if info is not None:
+        if info is not None:  # the times as the server sent them (the SDK keeps its strings)
             facts.update(uid=info.uid, reservation_id=info.reservation_id, burning_rate=info.burning_rate,
-                         started_at=info.started_at, expired_at=info.expired_at)
+                         started_at=info.raw.get("started_at", info.started_at),
+                         expired_at=info.raw.get("expired_at", info.expired_at))
         return facts
 
 
@@ -238,7 +274,8 @@ def _delete(runtime: DatalayerRuntime) -> bool:
     """Delete a runtime this process created; report it if that fails."""
     pod = runtime.pod_name
     try:
-        runtime.client.delete_runtime(pod)
+        if not runtime.client.delete_runtime(pod):
+            _log.info("dlexec: runtime %s was already gone", pod)
     except Exception as exc:  # noqa: BLE001 - reported, never raised from a cleanup
         message = (f"dlexec could not delete the Datalayer runtime {pod}, which may still be running and "
                    f"consuming credits: {exc}. Delete it with: {terminate_command(pod)}")

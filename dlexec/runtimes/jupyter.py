@@ -7,6 +7,13 @@ message buffers travel as they are) and falls back to the default JSON protocol
 (binary frames only for messages that carry buffers). jupyter-client's ``Session``
 builds and parses the messages; a server does not sign them, it authenticates the token.
 
+The token travels as Jupyter documents it, ``Authorization: token <token>`` on HTTP and on
+the WebSocket handshake (what every Jupyter Server and Enterprise Gateway accepts), or, with
+``auth="bearer"``, as the Datalayer SDK sends it to a runtime's ingress: ``Authorization:
+Bearer <token>`` on HTTP and the ``token`` query parameter on the WebSocket (which Jupyter
+Server 2 accepts too). A WebSocket URL with a token is never shown: errors and logs get it
+with the token masked.
+
 One thread receives and dispatches, one sends what :meth:`JupyterServerRuntime.send`
 queued (websockets allows one sender at a time, and a large payload must not block the
 caller). A kernel that the server had to restart (it died), a kernel deleted behind our
@@ -34,6 +41,9 @@ from .base import Runtime
 _log = logging.getLogger("dlexec")
 
 V1_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
+#: How the token is sent: "token" (Jupyter's header, HTTP and WebSocket) or "bearer" (the SDK's:
+#: a Bearer header on HTTP, the ``token`` query parameter on the WebSocket).
+AUTH_SCHEMES = ("token", "bearer")
 _TORNADO_MAX_MESSAGE = 10 * 2**20  # what a Jupyter Server accepts in one message by default
 _STOP = object()
 
@@ -55,8 +65,11 @@ class JupyterServerRuntime(Runtime):
         request_timeout: float = 30.0,
         verify: bool | str = True,
         allow_insecure: bool = False,
+        auth: str = "token",
     ):
         super().__init__(name)
+        if auth not in AUTH_SCHEMES:
+            raise ValueError(f"auth must be one of {', '.join(map(repr, AUTH_SCHEMES))}, not {auth!r}")
         if not url:
             raise ValueError("the jupyter backend needs the server's url= (or $DLEXEC_JUPYTER_URL)")
         # Checked here, before any request: a malformed token would fail inside requests, whose
@@ -69,13 +82,14 @@ class JupyterServerRuntime(Runtime):
         self.kernel_name = kernel_name
         self.subprotocol_choice = subprotocol
         self.request_timeout = request_timeout
+        self.auth = auth
         self.kernel_id: str | None = None
         self.subprotocol: str | None = None
         self._http = SecretSession()  # no token on a redirect to another host
         self._http.verify = verify
         self._http.headers.update(headers or {})
         if token:
-            self._http.headers["Authorization"] = f"token {token}"
+            self._http.headers["Authorization"] = f"{'Bearer' if auth == 'bearer' else 'token'} {token}"
         # The server authenticates the token and signs what it forwards to the kernel; over
         # the WebSocket messages go unsigned. (Set after __init__, which warns about an empty key.)
         self._session = Session(key=b"unused", username="dlexec")
@@ -133,13 +147,17 @@ class JupyterServerRuntime(Runtime):
 
         parts = urllib.parse.urlsplit(self.url)
         scheme = "wss" if parts.scheme == "https" else "ws"
-        query = urllib.parse.urlencode({"session_id": self._session.session})
-        ws_url = urllib.parse.urlunsplit(
-            (scheme, parts.netloc, f"{parts.path}/api/kernels/{self.kernel_id}/channels", query, "")
-        )
-        protocols = [V1_SUBPROTOCOL] if self.subprotocol_choice in ("auto", V1_SUBPROTOCOL) else None
+        params = {"session_id": self._session.session}
         headers = dict(self._http.headers)
         headers.pop("Accept-Encoding", None)
+        if self.auth == "bearer" and self.token:  # the SDK's form: in the query, not in a header
+            params["token"] = self.token
+            headers.pop("Authorization", None)
+        path = f"{parts.path}/api/kernels/{self.kernel_id}/channels"
+        ws_url = urllib.parse.urlunsplit((scheme, parts.netloc, path, urllib.parse.urlencode(params), ""))
+        # What errors show: the URL without its query (session id and, above all, the token).
+        shown_url = urllib.parse.urlunsplit((scheme, parts.netloc, path, "", ""))
+        protocols = [V1_SUBPROTOCOL] if self.subprotocol_choice in ("auto", V1_SUBPROTOCOL) else None
         try:
             sock = _connect_tcp(parts.hostname, parts.port or (443 if scheme == "wss" else 80), timeout)
             self._ws = connect(
@@ -158,7 +176,11 @@ class JupyterServerRuntime(Runtime):
             ).__enter__()  # the context-manager form (websockets >= 17.1 deprecates the other)
         except Exception as exc:  # noqa: BLE001 - every failure here means: cannot reach the kernel
             reason = redact(str(exc), self.token)
-            raise RuntimeStartError(f"cannot open the kernel WebSocket {ws_url}: {reason}") from exc
+            hint = " (check the token)" if _status(exc) in (401, 403) else ""
+            error = RuntimeStartError(f"cannot open the kernel WebSocket {shown_url}: {reason}{hint}",
+                                      status=_status(exc))
+            # The library's exception may quote the URL, and so the token: then it is not chained.
+            raise error from (None if self.token and _mentions(exc, self.token) else exc)
         self.subprotocol = self._ws.subprotocol
         for target, name in ((self._receive_loop, "recv"), (self._send_loop, "send")):
             thread = threading.Thread(target=target, name=f"dlexec-ws-{name}-{self.name}", daemon=True)
@@ -372,6 +394,23 @@ class JupyterServerRuntime(Runtime):
         msg["msg_type"] = msg["header"].get("msg_type")
         msg["buffers"] = buffers
         return channel, msg
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status of a refused WebSocket handshake (websockets' ``InvalidStatus``), if any."""
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _mentions(exc: BaseException, secret: str) -> bool:
+    """Whether ``secret`` is in the exception or anything it chains to."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if secret in str(exc) or secret in repr(exc) or any(secret in repr(arg) for arg in exc.args):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def encode_v1(channel: str, parts: list) -> bytes:
