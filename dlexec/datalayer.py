@@ -30,7 +30,9 @@ import os
 import re
 import secrets
 import shlex
+import socket
 import time
+import urllib.parse
 import uuid
 import warnings
 from typing import Any, Callable
@@ -347,6 +349,8 @@ class DatalayerClient:
         except DatalayerError as exc:
             if exc.status is not None and 400 <= exc.status < 500:  # refused: nothing was created
                 raise
+            if isinstance(exc.__cause__, requests.RequestException) and _not_sent(exc.__cause__):
+                raise  # never sent (a host that does not resolve): nothing to reconcile
             return self._reconcile_create(given_name, exc, keep=True)  # unclear: it may exist
         except BaseException as exc:  # Ctrl-C, SystemExit, a bug: the caller will not get the runtime
             self._reconcile_create(given_name, exc, keep=False)
@@ -550,6 +554,11 @@ class DatalayerClient:
             try:
                 response = self._session.request(method, url, json=json, headers=headers, timeout=self.timeout)
             except requests.RequestException as exc:
+                host = _unresolvable(exc)
+                if host is not None:
+                    raise DatalayerError(
+                        f"cannot resolve the host {host}: check the URL (run_url=, iam_url=, --run-url, "
+                        "$DATALAYER_RUN_URL, $DATALAYER_IAM_URL) and your network", method=method, url=url) from exc
                 retry = retry_errors(exc) if callable(retry_errors) else isinstance(exc, retry_errors)
                 if retry and time.monotonic() + delay < deadline:
                     time.sleep(delay)
@@ -606,17 +615,30 @@ def _not_sent(exc: requests.RequestException) -> bool:
         return True
     if not isinstance(exc, requests.ConnectionError):
         return False
+    return any(isinstance(item, urllib3.exceptions.NewConnectionError) for item in _causes(exc))  # refused, DNS
+
+
+def _unresolvable(exc: requests.RequestException) -> str | None:
+    """The host name that did not resolve, if that is why ``exc`` happened: a wrong URL or no
+    network, not a passing fault, so it is not retried."""
+    if not isinstance(exc, requests.ConnectionError):
+        return None
+    if any(isinstance(item, socket.gaierror) or type(item).__name__ == "NameResolutionError" for item in _causes(exc)):
+        return urllib.parse.urlsplit(exc.request.url).hostname if exc.request is not None else "?"
+    return None
+
+
+def _causes(exc: BaseException):
+    """``exc`` and what it wraps: requests wraps urllib3's MaxRetryError, whose ``.reason`` is the cause."""
     seen: set[int] = set()
     pending: list[Any] = [exc]
-    while pending:  # requests wraps urllib3's MaxRetryError, whose .reason is the cause
+    while pending:
         item = pending.pop()
         if not isinstance(item, BaseException) or id(item) in seen:
             continue
         seen.add(id(item))
-        if isinstance(item, urllib3.exceptions.NewConnectionError):  # refused, DNS, no route
-            return True
+        yield item
         pending += [getattr(item, "reason", None), getattr(item, "__cause__", None), *getattr(item, "args", ())[:1]]
-    return False
 
 
 def _no_capacity(response: requests.Response, body: dict) -> bool:

@@ -192,6 +192,16 @@ def test_connection_errors_are_reported_briefly():
         DatalayerClient("token", "http://127.0.0.1:9", retry_deadline=0.6).list_runtimes()
 
 
+def test_a_host_that_does_not_resolve_fails_at_once_not_after_retries():
+    # A name that does not resolve is a wrong URL or no network, not a passing fault: the
+    # CLI's `whoami` used to retry it for 28 s. (".invalid" never resolves: RFC 6761.)
+    started = time.monotonic()
+    with pytest.raises(DatalayerError, match="cannot resolve the host nonexistent.invalid") as info:
+        DatalayerClient("token", "https://nonexistent.invalid").whoami()
+    assert time.monotonic() - started < 5
+    assert "attempts" not in str(info.value) and "DATALAYER_RUN_URL" in str(info.value)
+
+
 def test_terminate_command():
     assert terminate_command("runtime-01abc") == "dlexec runtimes terminate runtime-01abc"
     assert terminate_command("odd name") == "dlexec runtimes terminate 'odd name'"
