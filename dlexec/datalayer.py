@@ -559,6 +559,14 @@ class DatalayerClient:
                     raise DatalayerError(
                         f"cannot resolve the host {host}: check the URL (run_url=, iam_url=, --run-url, "
                         "$DATALAYER_RUN_URL, $DATALAYER_IAM_URL) and your network", method=method, url=url) from exc
+                where = _refused(exc)
+                if where is not None and method != "DELETE":
+                    # A wrong port or a service that is down: fail now. A DELETE (of a runtime this
+                    # process created while the API answered) still waits: a runtime left running is billed.
+                    raise DatalayerError(
+                        f"nothing is listening at {where} (connection refused): check the URL (run_url=, iam_url=, "
+                        "--run-url, $DATALAYER_RUN_URL, $DATALAYER_IAM_URL) and that the service is up",
+                        method=method, url=url) from exc
                 retry = retry_errors(exc) if callable(retry_errors) else isinstance(exc, retry_errors)
                 if retry and time.monotonic() + delay < deadline:
                     time.sleep(delay)
@@ -625,6 +633,16 @@ def _unresolvable(exc: requests.RequestException) -> str | None:
         return None
     if any(isinstance(item, socket.gaierror) or type(item).__name__ == "NameResolutionError" for item in _causes(exc)):
         return urllib.parse.urlsplit(exc.request.url).hostname if exc.request is not None else "?"
+    return None
+
+
+def _refused(exc: requests.RequestException) -> str | None:
+    """``host:port`` if ``exc`` is a refused connection (nothing listening there), else None."""
+    if not isinstance(exc, requests.ConnectionError) or exc.request is None:
+        return None
+    if any(isinstance(item, ConnectionRefusedError) for item in _causes(exc)):
+        parts = urllib.parse.urlsplit(exc.request.url)
+        return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
     return None
 
 

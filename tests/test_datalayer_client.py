@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import socket
 import time
 
 import pytest
@@ -188,7 +189,8 @@ def test_transient_failures_are_retried(standin):
 
 
 def test_connection_errors_are_reported_briefly():
-    with pytest.raises(DatalayerError, match=r"GET http://127.0.0.1:9/api/runtimes/v1/runtimes failed: cannot connect"):
+    with pytest.raises(DatalayerError, match=r"^Datalayer API: GET http://127.0.0.1:9/api/runtimes/v1/runtimes "
+                                              r"failed: nothing is listening at 127.0.0.1:9 \(connection refused\)"):
         DatalayerClient("token", "http://127.0.0.1:9", retry_deadline=0.6).list_runtimes()
 
 
@@ -200,6 +202,35 @@ def test_a_host_that_does_not_resolve_fails_at_once_not_after_retries():
         DatalayerClient("token", "https://nonexistent.invalid").whoami()
     assert time.monotonic() - started < 5
     assert "attempts" not in str(info.value) and "DATALAYER_RUN_URL" in str(info.value)
+
+
+def closed_port() -> int:
+    """A loopback port that nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.timeout(15)
+def test_a_refused_connection_fails_at_once_not_after_retries():
+    # Nothing listening (a wrong port, a service that is down) is not a passing fault either:
+    # a GET used to retry it for the whole 30 s retry deadline.
+    port = closed_port()
+    started = time.monotonic()
+    with pytest.raises(DatalayerError, match=f"nothing is listening at 127.0.0.1:{port}") as info:
+        DatalayerClient("token", f"http://127.0.0.1:{port}", allow_insecure=True).list_runtimes()
+    assert time.monotonic() - started < 5
+    assert "attempts" not in str(info.value) and "DATALAYER_RUN_URL" in str(info.value)
+    assert "token" not in str(info.value).replace("the token", "")
+
+
+def test_a_delete_still_retries_a_refused_connection():
+    # Deleting a runtime this process owns is the one call worth waiting for: the API was up when
+    # the runtime was created, and a runtime left running is billed.
+    port = closed_port()
+    with pytest.raises(DatalayerError, match="after [2-9] attempts"):
+        DatalayerClient("token", f"http://127.0.0.1:{port}", allow_insecure=True,
+                        retry_deadline=1.2).delete_runtime("runtime-x")
 
 
 def test_terminate_command():

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from dlexec import DatalayerExecutor, RuntimeService, RuntimeStartError
-from dlexec.datalayer import DatalayerClient
+from dlexec.datalayer import DatalayerClient, DatalayerError
 from dlexec.runtimes import datalayer as datalayer_backend
 from dlexec.runtimes.datalayer import DatalayerRuntime
 
@@ -165,10 +165,11 @@ def test_a_read_timeout_on_create_is_reconciled_not_retried(paid):
     assert_none_left(paid)
 
 
-def test_a_create_refused_before_sending_is_retried(paid, monkeypatch):
+def test_a_create_refused_fails_at_once_and_creates_nothing(paid, monkeypatch):
     from dlexec.datalayer import _not_sent
 
-    # Connection refused: the request never left, so sending it again cannot duplicate anything.
+    # Connection refused: the request never left, so nothing was created; and nothing listening
+    # is a wrong URL or a service that is down, not worth retrying (issue 14): a clear error now.
     client = DatalayerClient(retry_deadline=5)
     send, refused = client._session.request, []
 
@@ -182,9 +183,10 @@ def test_a_create_refused_before_sending_is_retried(paid, monkeypatch):
         return send(method, url, **kwargs)
 
     monkeypatch.setattr(client._session, "request", request)
-    info = client.create_runtime("python-cpu-env", 1, given_name="refused-once")
-    assert client.delete_runtime(info.pod_name)
-    assert refused and _not_sent(refused[0]) and len(creates(paid, "refused-once")) == 1
+    with pytest.raises(DatalayerError, match=r"nothing is listening at .* \(connection refused\)"):
+        client.create_runtime("python-cpu-env", 1, given_name="refused-once")
+    assert len(refused) == 1 and _not_sent(refused[0]) and creates(paid, "refused-once") == []
+    # What may still be retried safely: a connect timeout (never sent), not a read timeout.
     assert _not_sent(requests.ConnectTimeout("connect timeout"))
     assert not _not_sent(requests.ReadTimeout("read timeout"))
     assert not _not_sent(requests.ConnectionError("Connection aborted."))
