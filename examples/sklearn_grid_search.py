@@ -1,6 +1,6 @@
 """scikit-learn's GridSearchCV with its fits running in Jupyter kernels (the joblib backend).
 
-Run it from the repository root or from ``examples/`` (needs scikit-learn):
+Run it from the repository root or from ``examples/`` (needs scikit-learn: ``pip install -e '.[examples]'``):
 
     python examples/sklearn_grid_search.py
 
@@ -16,10 +16,13 @@ import os
 import sys
 import time
 
-import joblib
-from sklearn.datasets import load_digits
-from sklearn.model_selection import GridSearchCV
-from sklearn.svm import SVC
+try:
+    import joblib
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+except ImportError:
+    raise SystemExit("examples/sklearn_grid_search.py needs scikit-learn: pip install -e '.[examples]'")
 
 try:
     from dlexec.joblib_backend import register_joblib

@@ -1,4 +1,5 @@
 """A loop of maps on warm kernels: a reusable executor, a shared table, a progress bar, stats.
+Needs numpy (`pip install -e '.[examples]'`). Run it from the repository root or from ``examples/``:
 
     python examples/warm_pool.py
 
@@ -9,7 +10,10 @@ once rather than with every task, and `stats()` says what the work cost.
 
 import time
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:
+    raise SystemExit("examples/warm_pool.py needs numpy: pip install -e '.[examples]' (or pip install numpy)")
 
 import dlexec
 
