@@ -10,6 +10,13 @@ for the two kinds of request dlexec makes:
 
 It also installs the worker in the kernel (:meth:`KernelChannel.start`), and fails every
 pending request when the kernel dies.
+
+A request's output (IOPub) and its replies (shell) travel apart, so a reply can arrive
+before the output that its tasks printed. A ``dlexec_reply`` says how much its request has
+printed (``printed``: characters on stdout and stderr); such a reply is held until that much
+output has been echoed here, or for ``OUTPUT_WAIT`` seconds at most, so that a task's output
+is on the caller's stdout before its future completes. Replies of requests that print
+nothing take no detour.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
+from collections import deque
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +34,12 @@ from .errors import RuntimeStartError, WorkerLostError
 from .runtimes.base import Runtime
 
 _log = logging.getLogger("dlexec")
+
+#: Seconds a reply waits at most for the output its request printed (see the module's doc).
+OUTPUT_WAIT = 1.0
+
+#: How a Jupyter Server says it dropped output (its IOPub rate limits): nothing more will come.
+_RATE_LIMITED = ("IOPub data rate exceeded", "IOPub message rate exceeded")
 
 _SOURCES = (
     ("_dlexec_serialization", Path(serialization.__file__)),
@@ -50,13 +65,16 @@ finally:
 class _Request:
     """One request in flight: where its replies and output go."""
 
-    __slots__ = ("on_reply", "on_output", "on_lost", "on_error")
+    __slots__ = ("on_reply", "on_output", "on_lost", "on_error", "echoed", "done", "dropped")
 
     def __init__(self, on_reply, on_output, on_lost, on_error):
         self.on_reply = on_reply  # (msg) -> bool: True when the request is complete
         self.on_output = on_output  # (msg) -> bool for IOPub messages with this parent, or None
         self.on_lost = on_lost  # (reason) when the kernel died first
         self.on_error = on_error  # (exception) when a message for it could not be handled
+        self.echoed: list | None = None  # characters of its output echoed so far: [stdout, stderr]
+        self.done = False  # a held reply completed it, or it failed: its other held replies are dropped
+        self.dropped = False  # the server said it dropped output: nothing to wait for
 
 
 class KernelChannel:
@@ -71,6 +89,14 @@ class KernelChannel:
         self.digests = not runtime.shares_files
         self._pending: dict[str, _Request] = {}
         self._lock = threading.Lock()
+        # Replies waiting for their output, in arrival order: (parent id, request, reply, deadline);
+        # see _hold. The lock guards these and the requests' counts, never a reply's handling.
+        self._held: deque = deque()
+        self._held_lock = threading.Lock()
+        self._held_idle = threading.Condition(self._held_lock)  # notified when no thread hands replies over
+        self._handing_over = False  # a thread is handing held replies over (one at a time, in order)
+        self._held_expired = False  # the kernel has gone: hand everything over, wait for nothing
+        self._held_timer: threading.Timer | None = None
         self._exit_callbacks: list[Callable[[str], None]] = []
         runtime.on_message = self._on_message
         runtime.on_exit = self._on_exit
@@ -293,6 +319,8 @@ class KernelChannel:
                         self._pending.pop(parent_id, None)
             elif msg["header"]["msg_type"] == "stream":
                 _echo_stream(msg["content"])
+                if request is not None:
+                    self._output_echoed(parent_id, request, msg["content"])
             return
         if self.digests and msg["header"]["msg_type"] == worker.REPLY:
             try:  # before anything of it is unpickled
@@ -303,7 +331,114 @@ class KernelChannel:
                 msg["buffers"] = frames
         if "layout" in msg["content"] and msg.get("buffers"):  # a dlexec_reply with packed frames
             msg["buffers"] = serialization.unpack(msg["content"]["layout"], msg["buffers"])
-        if request is not None and request.on_reply(msg):
+        if request is None:
+            return
+        if self._held or msg["content"].get("printed"):
+            self._hold(parent_id, request, msg)
+        elif request.on_reply(msg):
+            with self._lock:
+                self._pending.pop(parent_id, None)
+
+    # -- output before results --------------------------------------------------------------
+    #
+    # A reply that says its request printed more than has been echoed so far is held, and so
+    # is every reply after it (the kernel's order is kept). They are handed over as the output
+    # arrives (by the I/O thread) or when the first one has waited OUTPUT_WAIT (by a timer),
+    # by one thread at a time, in order, without holding _held_lock (a reply's handling takes
+    # the executor's lock). A reply stays first in _held while it is handed over, so that the
+    # I/O thread does not take the fast path meanwhile.
+
+    def _output_echoed(self, parent_id: str, request: _Request, content: dict) -> None:
+        """Count a request's output (I/O thread); hand over the replies that waited for it."""
+        index = 1 if content.get("name") == "stderr" else 0
+        text = content.get("text", "")
+        with self._held_lock:
+            if request.echoed is None:
+                request.echoed = [0, 0]
+            request.echoed[index] += len(text)
+            if index and text.startswith(_RATE_LIMITED):
+                request.dropped = True
+            waiting = bool(self._held)
+        if waiting:
+            self._release()
+
+    def _hold(self, parent_id: str, request: _Request, msg: dict) -> None:
+        """Hold a reply until its request's output has arrived, behind those already held (I/O thread)."""
+        with self._held_lock:
+            self._held.append((parent_id, request, msg, time.monotonic() + OUTPUT_WAIT))
+        self._release()
+
+    def _release(self) -> None:
+        """Hand over the held replies, in order, up to the first one that must wait (the timer
+        is set for it). Returns at once if another thread is handing them over: it goes on
+        with what this thread would have handed over."""
+        with self._held_lock:
+            if self._handing_over:
+                return
+            self._handing_over = True
+        try:
+            while True:
+                with self._held_lock:
+                    head = self._releasable()
+                    if head is None:
+                        self._handing_over = False
+                        self._held_idle.notify_all()
+                        return
+                parent_id, request, msg, _ = head
+                if not request.done:
+                    self._deliver(parent_id, request, msg)
+                with self._held_lock:
+                    self._held.popleft()
+        except BaseException:
+            with self._held_lock:
+                self._handing_over = False
+                self._held_idle.notify_all()
+            raise
+
+    def _releasable(self):
+        """(lock held) The first held reply if it can be handed over now; else None, with the
+        timer set for it."""
+        if not self._held:
+            if self._held_timer is not None:
+                self._held_timer.cancel()
+                self._held_timer = None
+            return None
+        head = self._held[0]
+        _, request, msg, deadline = head
+        left = deadline - time.monotonic()
+        if self._held_expired or request.done or request.dropped or left <= 0 or _caught_up(request, msg):
+            return head
+        if self._held_timer is None:
+            timer = threading.Timer(left, self._on_wait_over)
+            timer.daemon = True
+            timer.name = f"dlexec-output-wait-{self.runtime.id}"
+            try:
+                timer.start()
+            except BaseException:  # noqa: BLE001 - no thread to wait with: do not wait
+                _log.warning("dlexec: could not start a timer thread; a result is handed over without waiting "
+                             "for its output", exc_info=True)
+                return head
+            self._held_timer = timer
+        return None
+
+    def _on_wait_over(self) -> None:
+        """The first held reply may have waited long enough (timer thread)."""
+        try:
+            with self._held_lock:
+                self._held_timer = None
+            self._release()
+        except BaseException:  # noqa: BLE001 - the timer thread never ends with an error (_deliver fails requests)
+            _log.exception("dlexec: error while handing over the replies of kernel %s", self.runtime.id)
+
+    def _deliver(self, parent_id: str, request: _Request, msg: dict) -> None:
+        """One held reply to its request; whatever it raises ends the request, as in _on_message."""
+        try:
+            complete = request.on_reply(msg)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from an unpickled reply too
+            complete = True
+            _fail(request, exc, self.runtime.id)
+        if complete:
+            request.done = True
             with self._lock:
                 self._pending.pop(parent_id, None)
 
@@ -312,8 +447,13 @@ class KernelChannel:
             self.exit_reason = reason
             pending, self._pending = self._pending, {}
             callbacks = list(self._exit_callbacks)
+        with self._held_lock:  # replies that came before the end: their results stand
+            self._held_expired = True
+        _guarded(self._release)
+        with self._held_lock:  # if another thread is handing them over, let it finish (bounded)
+            self._held_idle.wait_for(lambda: not self._handing_over, timeout=2.0)
         for request in pending.values():
-            if request.on_lost is not None:
+            if request.on_lost is not None and not request.done:
                 _guarded(request.on_lost, reason)
         for callback in callbacks:
             _guarded(callback, reason)
@@ -335,7 +475,11 @@ class KernelChannel:
     def forget_pending(self) -> None:
         """Drop every request in flight (the kernel is being restarted: no reply will come)."""
         with self._lock:
-            self._pending.clear()
+            pending, self._pending = self._pending, {}
+        with self._held_lock:  # nor will their held replies be handed over
+            for request in pending.values():
+                request.done = True
+        self._release()
 
     def lost_error(self) -> WorkerLostError:
         reason = self.exit_reason or "the kernel stopped"
@@ -350,6 +494,15 @@ class KernelChannel:
             raise self.lost_error()
         if not self.runtime.is_alive():
             raise RuntimeStartError(f"kernel {self.runtime.id} is not running")
+
+
+def _caught_up(request: _Request, msg: dict) -> bool:
+    """Has all the output that the reply says its request printed been echoed?"""
+    printed = msg["content"].get("printed")
+    if not printed:
+        return True
+    echoed = request.echoed or (0, 0)
+    return echoed[0] >= printed[0] and echoed[1] >= printed[1]
 
 
 def _fail(request: _Request, exc: BaseException, runtime_id: str) -> None:

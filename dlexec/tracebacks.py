@@ -1,7 +1,8 @@
 """Rebuilding remote exceptions on the client.
 
 The kernel side (:func:`dlexec.serialization.dump_exception`) sends an exception with its
-chained causes and tblib-pickled tracebacks, plus a text rendering. Here the exception is
+chained causes and tracebacks (each frame's file, names, lines and positions), plus a text
+rendering. Here the exception is
 rebuilt with its own type, args, causes and remote frames, so that an uncaught error
 prints the remote function's lines. When it cannot be rebuilt (its class does not exist
 here, or it could not be pickled remotely), a :class:`~dlexec.errors.RemoteError` carries
@@ -10,8 +11,6 @@ traceback.
 """
 
 from __future__ import annotations
-
-from tblib import Traceback
 
 from . import serialization
 from .errors import RemoteError
@@ -37,7 +36,7 @@ def rebuild_exception(info: dict, frames: list) -> BaseException:
     error.__cause__ = cause  # why it could not be rebuilt, when it arrived but failed to load
     if info.get("traceback"):
         try:
-            error = error.with_traceback(Traceback.from_dict(info["traceback"]).as_traceback())
+            error = error.with_traceback(serialization.restore_traceback(info["traceback"]))
         except Exception:  # noqa: BLE001 - the text is still there
             pass
     return error

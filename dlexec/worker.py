@@ -142,11 +142,12 @@ class Worker:
                 buffers.extend(out)
                 if time.monotonic() - last_flush > FLUSH_INTERVAL and index + 1 < len(tasks):
                     reply.send({"status": "ok", "results": results, "final": False}, buffers,
-                               flush=output.take_unflushed())
+                               flush=output.take_unflushed(), printed=output.printed)
                     results, buffers = [], []
                     last_flush = time.monotonic()
             unflushed = output.take_unflushed()
-        reply.send({"status": "ok", "results": results, "final": True}, buffers, flush=unflushed)
+        reply.send({"status": "ok", "results": results, "final": True}, buffers, flush=unflushed,
+                   printed=output.printed)
 
     def _run_one(self, task_id, fn_key, frames, timeout):
         """Run one task; returns (status, info, frames). Never raises."""
@@ -249,12 +250,14 @@ class Worker:
     def op_init(self, content, frames, reply):
         initializer, initargs = serialization.loads(frames)
         status, info, out = "ok", None, []
-        try:
-            initializer(*initargs)
-        except BaseException as exc:  # noqa: BLE001
-            status, info, out = self._error(exc, strip=1)
+        with _CapturedOutput(keep=False) as output:  # counted, not kept
+            try:
+                initializer(*initargs)
+            except BaseException as exc:  # noqa: BLE001
+                status, info, out = self._error(exc, strip=1)
         self.initialized = status == "ok"
-        reply.send({"status": status, "info": info, "final": True}, out)
+        reply.send({"status": status, "info": info, "final": True}, out, flush=output.take_unflushed(),
+                   printed=output.printed)
 
     def op_set(self, content, frames, reply):
         offset = 0
@@ -311,16 +314,24 @@ class _TaskTimeout(BaseException):
 
 class _CapturedOutput:
     """Keeps what each task prints (for ``TaskFuture.stdout``/``stderr``), while letting it
-    through to the kernel's own streams, which show it live on the client."""
+    through to the kernel's own streams, which show it live on the client.
 
-    def __init__(self):
-        self.parts = {"stdout": [], "stderr": []}
+    ``printed`` counts the characters that the thread running the request wrote to stdout
+    and stderr (other threads' output goes out under their own parent message): a reply
+    says how much, and the client holds the results until that much output has arrived
+    (it travels on IOPub, the reply on the shell channel, and either may come first).
+    """
+
+    def __init__(self, keep: bool = True):
+        self.parts = {"stdout": [], "stderr": []} if keep else {"stdout": None, "stderr": None}
+        self.printed = [0, 0]  # characters written to stdout, stderr by the request's thread, in all
         self.unflushed = False  # something was printed since the last reply
 
     def __enter__(self):
+        self.thread = threading.get_ident()
         self.saved = sys.stdout, sys.stderr
-        sys.stdout = _Tee(sys.stdout, self.parts["stdout"], self)
-        sys.stderr = _Tee(sys.stderr, self.parts["stderr"], self)
+        sys.stdout = _Tee(sys.stdout, self.parts["stdout"], self, 0)
+        sys.stderr = _Tee(sys.stderr, self.parts["stderr"], self, 1)
         return self
 
     def __exit__(self, *exc_info):
@@ -339,13 +350,17 @@ class _CapturedOutput:
 
 
 class _Tee:
-    def __init__(self, stream, parts: list, owner: _CapturedOutput):
-        self._stream, self._parts, self._owner = stream, parts, owner
+    def __init__(self, stream, parts: list, owner: _CapturedOutput, index: int):
+        self._stream, self._parts, self._owner, self._index = stream, parts, owner, index
 
     def write(self, text):
-        self._parts.append(text)
+        if self._parts is not None:
+            self._parts.append(text)
         self._owner.unflushed = True
-        return self._stream.write(text)
+        written = self._stream.write(text)
+        if type(text) is str and threading.get_ident() == self._owner.thread:
+            self._owner.printed[self._index] += len(text)
+        return written
 
     def writelines(self, lines):
         for line in lines:
@@ -361,7 +376,7 @@ class _Reply:
     def __init__(self, session, stream, idents, parent):
         self.session, self.stream, self.idents, self.parent = session, stream, idents, parent
 
-    def send(self, content, buffers=(), flush=True):
+    def send(self, content, buffers=(), flush=True, printed=None):
         # Let the task's prints go out first. Only if there are any: a flush waits for a
         # round trip to the kernel's IOPub thread, a quarter of a trivial task's time.
         for out in (sys.stdout, sys.stderr) if flush else ():
@@ -369,6 +384,8 @@ class _Reply:
                 out.flush()
             except Exception:  # noqa: BLE001
                 pass
+        if printed and (printed[0] or printed[1]):  # the client waits for this much output first
+            content["printed"] = list(printed)
         layout, buffers = serialization.pack(buffers)
         if layout:
             content["layout"] = layout
