@@ -19,15 +19,48 @@ pytestmark = pytest.mark.timeout(180)
 HIDE_WIDGETS = 'import sys\nsys.modules["ipywidgets"] = None  # as if ipywidgets were not installed'
 
 SETUP = """
+import os, time
 import dlexec
+from dlexec import view
+
+RELEASE = os.path.abspath("release")  # the held tasks wait for this file
 
 def square(x):
     return x * x
 
+def held(x):
+    deadline = time.monotonic() + 60
+    while x and not os.path.exists(RELEASE) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return x
+
 ex = dlexec.DatalayerExecutor(2)
 """
 
+VIEW = "ex"  # the last expression of a cell: the live view
+
 PROGRESS = "print(sum(ex.map(square, range(10), progress=True)))"
+
+# The first task returns, the others wait: the cell waits (bounded) until the view has been
+# updated with that state, then releases them. (With a timeout, tasks go one at a time: not
+# batched together, as tasks known to be short would be.)
+LIVE = """
+results = ex.options(timeout=120).map(held, range(6))
+assert next(results) == 0
+monitor = view.monitor_of(ex)
+deadline = time.monotonic() + 60
+while "1/6 tasks" not in (monitor.html or "") and time.monotonic() < deadline:
+    time.sleep(0.05)
+open(RELEASE, "w").close()
+print(sum(results), monitor.updates > 0)
+"""
+
+SHUTDOWN = """
+ex.shutdown()
+print("monitor stopped:", view.monitor_of(ex).join(60))
+"""
+
+CELLS = [SETUP, VIEW, PROGRESS, LIVE, SHUTDOWN]
 
 
 class RecordingClient(NotebookClient):
@@ -58,6 +91,11 @@ def outputs(client: RecordingClient, index: int) -> list[dict]:
     return client.nb.cells[client.offset + index].outputs
 
 
+def cell_index(client: RecordingClient, source: str) -> int:
+    """The index in the notebook of the cell ``source`` of ``CELLS``."""
+    return client.offset + CELLS.index(source)
+
+
 def text_of(outs: list[dict]) -> str:
     """Everything a list of outputs shows as text: streams, plain text, tracebacks."""
     parts = []
@@ -79,13 +117,13 @@ def assert_no_error(client: RecordingClient) -> None:
 
 @pytest.fixture(scope="module")
 def without_widgets(tmp_path_factory):
-    return run_notebook([SETUP, PROGRESS, "ex.shutdown()"], tmp_path_factory.mktemp("nb-plain"), widgets=False)
+    return run_notebook(CELLS, tmp_path_factory.mktemp("nb-plain"), widgets=False)
 
 
 @pytest.fixture(scope="module")
 def with_widgets(tmp_path_factory):
     pytest.importorskip("ipywidgets", reason="ipywidgets is in the test extra")
-    return run_notebook([SETUP, PROGRESS, "ex.shutdown()"], tmp_path_factory.mktemp("nb-widgets"), widgets=True)
+    return run_notebook(CELLS, tmp_path_factory.mktemp("nb-widgets"), widgets=True)
 
 
 # -- progress=True ----------------------------------------------------------------------------------
@@ -93,15 +131,64 @@ def with_widgets(tmp_path_factory):
 
 def test_progress_without_ipywidgets_is_a_text_bar_and_no_warning(without_widgets):
     assert_no_error(without_widgets)
-    shown = text_of(outputs(without_widgets, 1))
+    shown = text_of(outputs(without_widgets, CELLS.index(PROGRESS)))
     assert "TqdmWarning" not in shown and "IProgress" not in shown, shown
     assert "10/10" in shown and "285" in shown  # the text bar, then the result
-    assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs(without_widgets, 1))
+    outs = outputs(without_widgets, CELLS.index(PROGRESS))
+    assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outs)
 
 
 def test_progress_with_ipywidgets_is_a_widget(with_widgets):
     assert_no_error(with_widgets)
-    outs = outputs(with_widgets, 1)
+    outs = outputs(with_widgets, CELLS.index(PROGRESS))
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outs)
     shown = text_of(outs)
     assert "TqdmWarning" not in shown and "285" in shown
+
+
+# -- the live view ----------------------------------------------------------------------------------
+
+
+def test_view_without_ipywidgets_is_html_updated_in_place_while_a_map_runs(without_widgets):
+    client = without_widgets
+    assert_no_error(client)
+    (shown,) = outputs(client, CELLS.index(VIEW))
+    assert shown.output_type == "display_data" and "application/vnd.jupyter.widget-view+json" not in shown.data
+    (display_id,) = [msg["content"].get("transient", {}).get("display_id") for cell, msg in client.messages
+                     if cell == cell_index(client, VIEW) and msg["msg_type"] == "display_data"]
+    assert display_id, "the view is shown with a display id, to be updated in place"
+    updates = [(cell, msg["content"]["data"]["text/html"]) for cell, msg in client.messages
+               if msg["msg_type"] == "update_display_data"
+               and msg["content"].get("transient", {}).get("display_id") == display_id]
+    live = cell_index(client, LIVE)
+    # While the map ran (its cell executing): one task done, the others running.
+    assert any(cell == live and "1/6 tasks" in page and ": running" in page for cell, page in updates), updates
+    # nbclient applied the updates to the output in place: it shows the end, not the start.
+    final = shown.data["text/html"]
+    assert "shut down" in final and "6/6 tasks" in final and "10/10 tasks" in final
+    assert "shut down" in shown.data["text/plain"]
+    assert "monitor stopped: True" in text_of(outputs(client, CELLS.index(SHUTDOWN)))
+    assert "True" in text_of(outputs(client, CELLS.index(LIVE)))
+
+
+def test_view_with_ipywidgets_is_a_widget_updated_while_a_map_runs(with_widgets):
+    client = with_widgets
+    assert_no_error(client)
+    (shown,) = outputs(client, CELLS.index(VIEW))
+    model_id = shown.data["application/vnd.jupyter.widget-view+json"]["model_id"]
+    values = []  # (cell, the view's HTML) from the widget's state messages, in order
+    for cell, msg in client.messages:
+        content = msg["content"]
+        if msg["msg_type"] in ("comm_open", "comm_msg") and content.get("comm_id") == model_id:
+            state = content.get("data", {}).get("state", {})
+            if "value" in state:
+                values.append((cell, state["value"]))
+    assert values and "dlexec-view" in values[0][1]
+    live = cell_index(client, LIVE)
+    assert any(cell == live and "1/6 tasks" in page and ": running" in page for cell, page in values), values
+    final = values[-1][1]
+    assert "shut down" in final and "6/6 tasks" in final and "10/10 tasks" in final
+    # The widget's last state, as nbclient stores it with the notebook.
+    state = client.nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"][model_id]
+    assert state["state"]["value"] == final
+    assert "monitor stopped: True" in text_of(outputs(client, CELLS.index(SHUTDOWN)))
