@@ -3,16 +3,22 @@
 Each notebook runs once per module (a kernel that starts an executor's kernels costs a few
 seconds), with and without ipywidgets (hidden from the notebook's kernel through
 ``sys.modules``, as if it were not installed); the tests read its outputs and the messages
-the kernel sent while it ran.
+the kernel sent while it ran. Then the view's parts in this process: the maps' counts, paid
+runtimes (credits, no token), a failing view, an executor that is garbage-collected.
 """
 
 from __future__ import annotations
 
+import gc
+import itertools
+import logging
 import textwrap
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
+from dlexec import DatalayerExecutor, view
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -192,3 +198,126 @@ def test_view_with_ipywidgets_is_a_widget_updated_while_a_map_runs(with_widgets)
     state = client.nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"][model_id]
     assert state["state"]["value"] == final
     assert "monitor stopped: True" in text_of(outputs(client, CELLS.index(SHUTDOWN)))
+
+
+# -- in this process: the maps' progress, paid runtimes, failures ----------------------------------
+
+
+def square(x):
+    return x * x
+
+
+def fail_if_odd(x):
+    if x % 2:
+        raise ValueError(x)
+    return x
+
+
+class Recorder(view._View):
+    """A view that keeps every page the monitor sends it."""
+
+    def __init__(self, fail: BaseException | None = None):
+        self.pages: list[str] = []
+        self.fail = fail
+
+    def update(self, html: str, text: str) -> None:
+        self.pages.append(html)
+        if self.fail is not None:
+            raise self.fail
+
+
+def watch(ex) -> tuple[Recorder, view._Monitor]:
+    recorder = Recorder()
+    monitor = view._monitor(ex._pool)
+    monitor.add(ex._pool, recorder, view.render(ex._pool))
+    return recorder, monitor
+
+
+def last_map(ex):
+    return view.maps_of(ex._pool)[-1]
+
+
+def wait_finished(record, timeout: float = 30):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not record.finished and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return record
+
+
+def test_a_failing_map_counts_done_failed_and_cancelled(executor):
+    with pytest.raises(ValueError):
+        list(executor.map(fail_if_odd, range(4)))
+    record = wait_finished(last_map(executor))  # the tasks after the failure: cancelled, or run
+    assert record.finished and record.total == 4 and record.failed >= 1
+    assert record.done + record.failed + record.cancelled == 4
+    assert "map(fail_if_odd)" in executor._repr_html_() and "failed" in executor._repr_html_()
+
+
+def test_a_chunked_map_counts_its_chunks(executor):
+    assert list(executor.map(square, range(10), chunksize=3)) == [x * x for x in range(10)]
+    record = wait_finished(last_map(executor))
+    assert (record.total, record.done, record.chunksize) == (4, 4, 3)
+    assert "4/4 tasks (chunks of 3)" in executor._repr_html_()
+
+
+def test_a_map_of_unknown_length_ends_when_its_results_are_closed(executor):
+    results = executor.map(square, itertools.count(), buffersize=3)
+    assert next(results) == 0
+    record = last_map(executor)
+    assert record.total is None and not record.finished
+    results.close()
+    wait_finished(record)
+    assert record.finished and record.total == record.submitted >= 3
+
+
+def test_a_map_refused_at_submit_is_not_shown():
+    ex = DatalayerExecutor(1)  # kernels start on demand: none here
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.map(square, range(3))
+    assert view.maps_of(ex._pool) == ()
+
+
+def test_view_of_paid_runtimes_shows_credits_and_no_token(standin, monkeypatch):
+    for key, value in standin.env_vars().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DLEXEC_BACKEND", "datalayer")
+    with DatalayerExecutor(1) as ex:
+        recorder, monitor = watch(ex)
+        assert list(ex.map(square, range(4))) == [0, 1, 4, 9]
+        tokens = [standin.token] + [r["token"] for r in standin.live_runtimes()]
+        pages = [ex._repr_html_(), repr(ex), view.render_text(ex._pool)]
+    assert monitor.join(60)
+    pages += recorder.pages
+    for page in pages:
+        for token in tokens:
+            assert token not in page
+    credits = ex.stats().credits
+    assert credits is not None and credits > 0
+    final = recorder.pages[-1]
+    assert "shut down" in final and f"{credits:.2f} credits" in final and "4/4 tasks" in final
+    assert len(tokens) == 2 and all(len(token) >= 8 for token in tokens)
+
+
+def test_a_failing_view_breaks_nothing_and_stops_at_shutdown(monkeypatch, caplog):
+    monkeypatch.setattr(view, "IDLE_SECONDS", 0.2)
+    with DatalayerExecutor(1) as ex:
+        broken = Recorder(fail=KeyboardInterrupt())  # even that: caught in the view's thread
+        monitor = view._monitor(ex._pool)
+        with caplog.at_level(logging.WARNING, logger="dlexec.view"):
+            monitor.add(ex._pool, broken, view.render(ex._pool))
+            assert list(ex.map(square, range(20))) == [x * x for x in range(20)]
+    assert monitor.join(60) and broken.pages and monitor.failures >= 1
+    assert len([r for r in caplog.records if r.name == "dlexec.view"]) == 1  # said once
+
+
+def test_a_collected_executor_stops_its_view():
+    ex = DatalayerExecutor(1)
+    assert ex.submit(square, 3).result() == 9
+    recorder, monitor = watch(ex)
+    del ex
+    gc.collect()  # the executor's finalizer shuts it down; the view's thread does not keep it alive
+    assert monitor.join(60)
+    assert "shut down" in recorder.pages[-1]
