@@ -147,8 +147,9 @@ def _map_row(m: MapProgress) -> str:
         bar = ('<div class="dlexec-bar" style="display:inline-flex;vertical-align:middle;width:12em;height:0.9em;'
                f'background:#e0e0e0;border-radius:2px;overflow:hidden">{segments}</div> ')
     state = "finished" if m.finished else "running"
-    return (f'<tr class="dlexec-map"><td>map({html.escape(m.label)})</td><td>{bar}{html.escape(counts)}</td>'
-            f"<td>{html.escape(', '.join(details))}</td><td>{m.seconds:.1f} s {state}</td></tr>")
+    cell = '<td style="padding:0 1em 0 0">'
+    return (f'<tr class="dlexec-map">{cell}map({html.escape(m.label)})</td>{cell}{bar}{html.escape(counts)}</td>'
+            f"{cell}{html.escape(', '.join(details))}</td>{cell}{m.seconds:.1f} s {state}</td></tr>")
 
 
 def executor_html(title: str, stats: ExecutorStats, maps: tuple[MapProgress, ...] = ()) -> str:
