@@ -128,7 +128,6 @@ def without_widgets(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def with_widgets(tmp_path_factory):
-    pytest.importorskip("ipywidgets", reason="ipywidgets is in the test extra")
     return run_notebook(CELLS, tmp_path_factory.mktemp("nb-widgets"), widgets=True)
 
 
