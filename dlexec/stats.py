@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import threading
 import time
+from concurrent.futures._base import FINISHED
 from dataclasses import dataclass, field
 
 
@@ -86,13 +87,20 @@ class MapProgress:
         self._lock = threading.Lock()
 
     def track(self, future) -> None:
-        """A done callback: count the outcome (never raises into the thread that finished it)."""
+        """A done callback: count the outcome (never raises into the thread that finished it).
+
+        It runs for every task of a map: it reads the future's final state without taking its
+        lock (as the executor's own counter does), and takes its own only to count."""
         try:
-            outcome = ("cancelled" if future.cancelled() else
-                       "failed" if future.exception() is not None else "done")
             with self._lock:
-                setattr(self, outcome, getattr(self, outcome) + 1)
-                self._check_finished()
+                if future._state != FINISHED:
+                    self.cancelled += 1
+                elif future._exception is not None:
+                    self.failed += 1
+                else:
+                    self.done += 1
+                if self.total is not None and self.finished_at is None:
+                    self._check_finished()
         except BaseException:  # noqa: BLE001 - a view's counter must not break the pool
             pass
 

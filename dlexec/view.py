@@ -9,10 +9,12 @@ and updates the views it shows:
 * at most ``UPDATE_HZ`` times a second while the executor changes (tasks queued or running,
   runtimes starting, counts moving), and every ``IDLE_SECONDS`` otherwise (runtime-seconds
   and credits still grow); only when the HTML changed;
-* it reads the executor's counters (``stats()``, the maps' progress) under the executor's
-  lock for a few microseconds and never runs in the executor's own threads;
-* each step catches everything (``BaseException``): a failing view logs once and goes on at
-  the idle pace; it never raises into anything;
+* it reads the executor's counters (``stats()``, the maps' progress), taking the executor's
+  lock only for that read, and never runs in the executor's own threads (maps count their
+  tasks in a done callback that only increments counters);
+* each step catches everything (``BaseException``): a failing view is logged once, the
+  other views are still updated, and the monitor retries at the idle pace (it gives up
+  after ``MAX_FAILURES`` failures in a row); it never raises into anything;
 * it stops after a last update once the executor is shut down and its runtimes stopped (also
   when the executor is garbage-collected, which shuts it down), or when every widget it
   updates is closed. It is a daemon thread, and a bounded number of views (``MAX_VIEWS``,
@@ -37,7 +39,7 @@ MAX_VIEWS = 4
 #: Finished maps kept in the view, and maps in all (the latest).
 FINISHED_MAPS = 3
 MAX_MAPS = 10
-#: Failed updates after which a monitor gives up (it logs the first).
+#: Failed updates in a row after which a monitor gives up (it logs the first failure).
 MAX_FAILURES = 20
 
 _log = logging.getLogger("dlexec.view")
@@ -205,7 +207,7 @@ class _Monitor:
         return self.join(timeout)
 
     def _run(self, pool) -> None:
-        last_signature, last_render = None, 0.0
+        last_signature, last_render, failing = None, 0.0, 0
         while not self._stop.is_set():
             final = False
             try:
@@ -217,12 +219,14 @@ class _Monitor:
                     self._push(render(pool), render_text(pool), final)
                 if final or self._all_closed():
                     return
+                failing = 0
             except BaseException as exc:  # noqa: BLE001 - a view never breaks anything
                 self.failures += 1
+                failing += 1
                 if self.failures == 1:
                     _log.warning("dlexec: updating the notebook view failed (%s); retrying every %g s",
                                  exc, IDLE_SECONDS, exc_info=True)
-                if final or self.failures >= MAX_FAILURES:
+                if final or failing >= MAX_FAILURES:
                     return
                 self._stop.wait(IDLE_SECONDS)
                 continue
@@ -235,11 +239,17 @@ class _Monitor:
             return  # the kernel is going away: nobody to show it to
         with self._lock:
             views = list(self.views)
+        failed = None
         for view in views:
-            if not view.closed:
-                view.update(html, text)
+            try:
+                if not view.closed:
+                    view.update(html, text)
+            except BaseException as exc:  # noqa: BLE001 - the other views are still updated
+                failed = exc
         self.html = html
         self.updates += 1
+        if failed is not None:
+            raise failed
 
     def _all_closed(self) -> bool:
         with self._lock:

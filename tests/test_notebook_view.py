@@ -307,9 +307,11 @@ def test_a_failing_view_breaks_nothing_and_stops_at_shutdown(monkeypatch, caplog
         monitor = view._monitor(ex._pool)
         with caplog.at_level(logging.WARNING, logger="dlexec.view"):
             monitor.add(ex._pool, broken, view.render(ex._pool))
+            good, _ = watch(ex)
             assert list(ex.map(square, range(20))) == [x * x for x in range(20)]
     assert monitor.join(60) and broken.pages and monitor.failures >= 1
     assert len([r for r in caplog.records if r.name == "dlexec.view"]) == 1  # said once
+    assert "shut down" in good.pages[-1]  # the other view was updated all along
 
 
 def test_a_collected_executor_stops_its_view():
