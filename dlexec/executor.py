@@ -54,7 +54,8 @@ from .futures import TaskFuture
 from .modules import check_ship_modules, user_modules
 from .runtimes import prepare
 from .serialization import Blob, Shared
-from .stats import ExecutorStats, RuntimeStats, executor_html
+from . import view
+from .stats import ExecutorStats, RuntimeStats
 from .service import RuntimeService
 from .tracebacks import rebuild_exception
 from .worker import CANCEL, REQUEST
@@ -163,7 +164,8 @@ class _Worker:
         seconds = (self.stopped_at or time.time()) - self.created_at
         rate = self.service.burning_rate if self.service is not None else None
         return RuntimeStats(self.runtime_id, self.state, self.tasks, self.busy_seconds, seconds,
-                            None if rate is None else float(rate) * seconds)
+                            None if rate is None else float(rate) * seconds,
+                            sum(len(batch.items) for batch in self.inflight))
 
     def pipelinable(self) -> bool:
         return not any(item.solo for batch in self.inflight for item in batch.items.values())
@@ -892,21 +894,31 @@ class _Pool:
         self.shutdown(wait=True)
 
 
-def _map(executor, fn: Callable, calls, timeout: float | None, buffersize: int | None):
-    """``Executor.map`` of Python 3.14 (with ``buffersize``), ``fn`` serialized once."""
+def _map(executor, fn: Callable, calls, timeout: float | None, buffersize: int | None, progress=None):
+    """``Executor.map`` of Python 3.14 (with ``buffersize``), ``fn`` serialized once; its tasks
+    counted in ``progress`` (a :class:`~dlexec.stats.MapProgress`, for the notebook view)."""
     end_time = None if timeout is None else timeout + time.monotonic()
     pool, settings = executor._pool, executor._task_settings
     try:
         blob = pool.callable_blob(fn)
     except Exception as exc:  # noqa: BLE001 - raised by each result, as submit would
         blob = exc
+
+    def submit(group):
+        futures = pool.submit_many(None, group, *settings, fn_blob=blob)
+        if progress is not None:
+            progress.add_submitted(len(futures))
+            for future in futures:
+                future.add_done_callback(progress.track)
+        return futures
+
     if buffersize:
         first = [(args, {}) for args in itertools.islice(calls, buffersize)]
-        fs = deque(pool.submit_many(None, first, *settings, fn_blob=blob) if first else ())
+        fs = deque(submit(first) if first else ())
     else:
         fs = []
         while group := [(args, {}) for args in itertools.islice(calls, MAP_GROUP)]:
-            fs.extend(pool.submit_many(None, group, *settings, fn_blob=blob))
+            fs.extend(submit(group))
     # A result iterator does not keep the executor alive (nor options(), the executor's).
     executor_ref = weakref.ref(getattr(executor, "_executor", executor))
 
@@ -915,7 +927,7 @@ def _map(executor, fn: Callable, calls, timeout: float | None, buffersize: int |
             fs.reverse()  # pop() from the end: the first submitted first
             while fs:
                 if buffersize and executor_ref() is not None and (args := next(calls, None)) is not None:
-                    fs.appendleft(pool.submit(None, args, {}, *settings, fn_blob=blob))
+                    fs.appendleft(submit([(args, {})])[0])
                 if end_time is None:
                     yield _result_or_cancel(fs.pop())
                 else:
@@ -1134,10 +1146,11 @@ class DatalayerExecutor(Executor):
             raise TypeError("buffersize must be an integer or None")
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
-        total = _common_length(iterables) if progress else None
+        total = _common_length(iterables)
+        record = view.map_progress(fn, None if total is None else -(-total // chunksize), chunksize)
         if chunksize > 1:
             fn, iterables = partial(_process_chunk, fn), (_get_chunks(*iterables, chunksize=chunksize),)
-        results = _map(self, fn, zip(*iterables), timeout, buffersize)
+        results = view.tracked(self._pool, _map(self, fn, zip(*iterables), timeout, buffersize, record), record)
         if chunksize > 1:
             results = _chain_from_iterable_of_lists(results)
         if progress:
@@ -1217,8 +1230,11 @@ class DatalayerExecutor(Executor):
         return text + ">"
 
     def _repr_html_(self) -> str:
-        return executor_html(f"DatalayerExecutor({self._max_workers}, backend={self._pool.backend!r}): "
-                             f"{self._state()}", self._pool.stats())
+        return view.render(self._pool)
+
+    def _ipython_display_(self) -> None:
+        """In a notebook: the live view (see :mod:`dlexec.view`)."""
+        view.display(self._pool)
 
 
 class _Options(Executor):

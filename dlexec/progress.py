@@ -8,11 +8,14 @@
   order, and counts an exception raised by the iterator as a failure before re-raising it.
 
 The bar shows done and failed counts and the rate. It is shown only when the program runs
-in a terminal (stdout is a TTY) or in a notebook, unless ``disable=False`` forces it.
+in a terminal (stdout is a TTY) or in a notebook, unless ``disable=False`` forces it. In a
+notebook it is a widget when ipywidgets is installed, and tqdm's text bar otherwise (without
+the ``TqdmWarning`` that ``tqdm.auto`` prints then).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from concurrent.futures import Future, as_completed
 from typing import Any, Iterable, Iterator
@@ -34,7 +37,10 @@ def progress(items: Iterable, total: int | None = None, *, desc: str | None = No
 
 
 def _bar(total, desc, disable, options):
-    from tqdm.auto import tqdm  # notebook widgets in Jupyter (when ipywidgets is installed)
+    if _in_notebook() and notebook_widgets():
+        from tqdm.notebook import tqdm
+    else:
+        from tqdm.std import tqdm
 
     options.setdefault("unit", "task")
     options.setdefault("dynamic_ncols", True)
@@ -95,3 +101,15 @@ def _in_notebook() -> bool:
     except Exception:  # noqa: BLE001
         return False
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
+
+def notebook_widgets() -> bool:
+    """Whether this notebook kernel can show ipywidgets: ipywidgets imports, and the front end
+    is not a Qt console or Spyder (which tqdm.auto rules out the same way)."""
+    if any(name == "QT_API" or name.startswith("SPYDER") for name in os.environ):
+        return False
+    try:
+        from tqdm import notebook
+    except Exception:  # noqa: BLE001 - a broken ipywidgets or IPython: no widgets
+        return False
+    return getattr(notebook, "IProgress", None) is not None
