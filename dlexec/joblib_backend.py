@@ -1,6 +1,7 @@
 """A joblib parallel backend named ``"datalayer"``: ``joblib.Parallel`` on Jupyter kernels.
 
-``import dlexec`` registers it when joblib is installed (``dlexec.register_joblib()`` does
+``import dlexec`` registers it when joblib is imported, before or after dlexec, without
+importing joblib itself (see :mod:`dlexec._joblib_hook`; ``dlexec.register_joblib()`` does
 it explicitly, idempotent); then select it as any joblib backend::
 
     import joblib
@@ -162,12 +163,14 @@ def _stop_now(executor) -> None:
 
 def _make_backend_class() -> type:
     _import_joblib()
-    from joblib import cpu_count
+    # From joblib.parallel, not joblib: this runs as soon as joblib.parallel is imported
+    # (dlexec._joblib_hook), while the joblib package is still importing it.
     from joblib.parallel import (
         AutoBatchingMixin,
         FallbackToBackend,
         ParallelBackendBase,
         SequentialBackend,
+        cpu_count,
         parallel_config,
     )
 

@@ -70,6 +70,12 @@ class Runtime(abc.ABC):
         """Whether the threads that carry this kernel's messages are running (once started)."""
         return True
 
+    def run_at_start(self, code: Callable[[], str]) -> bool:
+        """Offer code that the kernel should run as it starts, before it serves any request
+        (called before :meth:`start`; ``code()`` gives its text). True if this backend does
+        so, at every start and restart: then dlexec installs its worker without a request."""
+        return False
+
     def worker_settings(self) -> dict:
         """Settings for :func:`dlexec.worker.install` in this kernel (see there)."""
         return {}
