@@ -81,7 +81,9 @@ it), as they need every library the tasks use.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import os
 import sys
 import threading
@@ -97,6 +99,65 @@ _JOBLIB_KEYWORDS = frozenset({"max_nbytes", "temp_folder", "mmap_mode", "prefer"
 
 _backend_class: type | None = None
 _class_lock = threading.Lock()
+
+#: A batch of tasks carries this many round trips' worth of work, as the kernels measure it:
+#: each batch costs one round trip of messages, so about a tenth of the time goes to the trip.
+BATCH_ROUND_TRIPS = 10
+#: Bounds on that work (seconds), and on the tasks in one batch.
+MIN_BATCH_SECONDS = 0.01
+MAX_BATCH_SECONDS = 0.5
+MAX_BATCH_SIZE = 5000
+#: The round trip is the smallest of this many recent ones (the others waited behind a batch).
+_TRIP_SAMPLES = 16
+
+
+def batch_size_for(task_seconds: float | None, round_trip: float | None) -> int:
+    """How many tasks a joblib batch carries: one until a batch of the ``Parallel`` call has come
+    back; then enough for ``BATCH_ROUND_TRIPS`` round trips of work (between ``MIN_BATCH_SECONDS``
+    and ``MAX_BATCH_SECONDS``, at most ``MAX_BATCH_SIZE`` tasks), so that thousands of tiny
+    tasks travel in a few messages and a task as long as that travels alone.
+
+    ``task_seconds``: the call's tasks' average duration in the kernels; ``round_trip``: the
+    time a batch spends travelling (its time from sent to answered, less its run time).
+    Unlike joblib's auto-batching, no ramp: the size jumps to its value at the first answer.
+    """
+    if task_seconds is None:
+        return 1
+    target = min(MAX_BATCH_SECONDS, max(MIN_BATCH_SECONDS, BATCH_ROUND_TRIPS * (round_trip or 0.0)))
+    if task_seconds * MAX_BATCH_SIZE <= target:
+        return MAX_BATCH_SIZE
+    return max(1, int(target / task_seconds))
+
+
+class _BatchStats:
+    """What the kernels measured: the current call's task durations, recent round trips."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._seconds = 0.0  # run time of this call's tasks measured so far
+        self._tasks = 0
+        self._trips: collections.deque = collections.deque(maxlen=_TRIP_SAMPLES)
+
+    def new_call(self) -> None:
+        """A new ``Parallel`` call (its tasks may take another time); the round trips stay."""
+        with self._lock:
+            self._seconds, self._tasks = 0.0, 0
+
+    def record(self, future, tasks: int) -> None:
+        """A batch of ``tasks`` came back (done callback of its :class:`~dlexec.TaskFuture`)."""
+        run, sent, answered = future.run_seconds, future.started_at, future.finished_at
+        if future.cancelled() or run is None or sent is None or answered is None:
+            return
+        with self._lock:
+            self._seconds += run
+            self._tasks += tasks
+            self._trips.append(max(0.0, answered - sent - run))
+
+    def batch_size(self) -> int:
+        with self._lock:
+            task_seconds = self._seconds / self._tasks if self._tasks else None
+            round_trip = min(self._trips) if self._trips else None
+        return batch_size_for(task_seconds, round_trip)
 
 
 def _import_joblib():
@@ -198,6 +259,7 @@ def _make_backend_class() -> type:
             self._wanted = None  # (n_jobs, options) of the last configure: for a fresh executor
             self._calls = 0  # Parallel calls between start_call and stop_call
             self._aborted = False  # abort_everything ran; cleared when a call starts
+            self._stats = _BatchStats()
             self.parallel = None
             # Created by parallel_config(backend="datalayer", ...): reused until that block ends.
             self._in_block = _attach_to_config_block(self, parallel_config)
@@ -231,7 +293,20 @@ def _make_backend_class() -> type:
                 self._ensure_executor()
             return n_jobs
 
+        def compute_batch_size(self):
+            """Tasks per batch (``Parallel(batch_size="auto")``), from what the kernels measured:
+            see :func:`batch_size_for`."""
+            return self._stats.batch_size()
+
+        def batch_completed(self, batch_size, duration):
+            """Unused: joblib's duration counts the time a batch waited; the kernels' own is used."""
+
+        def reset_batch_stats(self):
+            super().reset_batch_stats()
+            self._stats.new_call()
+
         def start_call(self):
+            self._stats.new_call()
             with self._lock:
                 self._aborted = False
                 self._ensure_executor()  # after an abort, in the caller's thread
@@ -260,6 +335,8 @@ def _make_backend_class() -> type:
                     else:
                         future.set_running_or_notify_cancel()
                         future.set_exception(exc)
+            # Before joblib's callback, which dispatches the next batch with a size from these figures.
+            future.add_done_callback(functools.partial(self._stats.record, tasks=_batch_length(func)))
             if callback is not None:
                 future.add_done_callback(_done_callback(callback))
             return future
@@ -356,6 +433,13 @@ def _make_backend_class() -> type:
     DatalayerBackend.__module__ = __name__
     DatalayerBackend.__qualname__ = "DatalayerBackend"
     return DatalayerBackend
+
+
+def _batch_length(batch) -> int:
+    try:
+        return max(1, len(batch))
+    except TypeError:  # not a BatchedCalls: one task
+        return 1
 
 
 def _submit_batch(executor, batch):
