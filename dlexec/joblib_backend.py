@@ -87,6 +87,7 @@ import functools
 import os
 import sys
 import threading
+import time
 import warnings
 from typing import Any
 
@@ -101,14 +102,21 @@ _backend_class: type | None = None
 _class_lock = threading.Lock()
 
 #: A batch of tasks carries this many round trips' worth of work, as the kernels measure it:
-#: each batch costs one round trip of messages, so about a tenth of the time goes to the trip.
-BATCH_ROUND_TRIPS = 10
+#: each batch costs a round trip of messages (a few ms, partly spent in the kernel), so that
+#: cost stays around 5% of the batch.
+BATCH_ROUND_TRIPS = 20
 #: Bounds on that work (seconds), and on the tasks in one batch.
-MIN_BATCH_SECONDS = 0.01
+MIN_BATCH_SECONDS = 0.05
 MAX_BATCH_SECONDS = 0.5
 MAX_BATCH_SIZE = 5000
 #: The round trip is the smallest of this many recent ones (the others waited behind a batch).
 _TRIP_SAMPLES = 16
+#: joblib keeps in flight as many batches as it pre-dispatches (``Parallel(pre_dispatch=...)``,
+#: in tasks: 2 x n_jobs by default), and splits the end of its input into 10 x n_jobs batches:
+#: at a kernel's round trip (about ten times a loky worker's), that end alone took five round
+#: trips. Left at joblib's default, pre_dispatch becomes this for the datalayer backend.
+PRE_DISPATCH = "8 * n_jobs"
+_JOBLIB_PRE_DISPATCH = "2 * n_jobs"
 
 
 def batch_size_for(task_seconds: float | None, round_trip: float | None) -> int:
@@ -144,12 +152,18 @@ class _BatchStats:
             self._seconds, self._tasks = 0.0, 0
 
     def record(self, future, tasks: int) -> None:
-        """A batch of ``tasks`` came back (done callback of its :class:`~dlexec.TaskFuture`)."""
+        """A batch of ``tasks`` came back (done callback of its :class:`~dlexec.TaskFuture`).
+
+        The tasks' duration is the one ``_run_batch`` measured around the calls; the round
+        trip, what the executor measured: from sent to answered, less the run in the kernel."""
         run, sent, answered = future.run_seconds, future.started_at, future.finished_at
         if future.cancelled() or run is None or sent is None or answered is None:
             return
+        calls = run
+        if getattr(future, "_dlexec_timed", False) and future.exception() is None:
+            calls = future.result()[1]
         with self._lock:
-            self._seconds += run
+            self._seconds += calls
             self._tasks += tasks
             self._trips.append(max(0.0, answered - sent - run))
 
@@ -260,6 +274,7 @@ def _make_backend_class() -> type:
             self._calls = 0  # Parallel calls between start_call and stop_call
             self._aborted = False  # abort_everything ran; cleared when a call starts
             self._stats = _BatchStats()
+            self._pre_dispatch_of = None  # the Parallel whose pre_dispatch start_call changed
             self.parallel = None
             # Created by parallel_config(backend="datalayer", ...): reused until that block ends.
             self._in_block = _attach_to_config_block(self, parallel_config)
@@ -307,12 +322,20 @@ def _make_backend_class() -> type:
 
         def start_call(self):
             self._stats.new_call()
+            # Read by joblib right after this: more batches in flight (see PRE_DISPATCH).
+            parallel = self.parallel
+            if getattr(parallel, "pre_dispatch", None) == _JOBLIB_PRE_DISPATCH:
+                parallel.pre_dispatch = PRE_DISPATCH
+                self._pre_dispatch_of = parallel
             with self._lock:
                 self._aborted = False
                 self._ensure_executor()  # after an abort, in the caller's thread
                 self._calls += 1
 
         def stop_call(self):
+            parallel, self._pre_dispatch_of = self._pre_dispatch_of, None
+            if parallel is not None and parallel.pre_dispatch == PRE_DISPATCH:
+                parallel.pre_dispatch = _JOBLIB_PRE_DISPATCH  # the Parallel object as the caller made it
             with self._lock:
                 self._calls = max(0, self._calls - 1)
 
@@ -343,7 +366,8 @@ def _make_backend_class() -> type:
 
         def retrieve_result_callback(self, future):
             """The batch's results, or its exception raised."""
-            return future.result()
+            result = future.result()
+            return result[0] if getattr(future, "_dlexec_timed", False) else result
 
         def terminate(self):
             """End of a ``Parallel`` call: keep the kernels if its ``parallel_config`` block goes on."""
@@ -462,15 +486,20 @@ def _submit_batch(executor, batch):
             blob = executor._pool.callable_blob(func)
             handle = handles[id(func)] = Shared.of_blob(blob, getattr(func, "__name__", type(func).__name__))
         items.append((handle, args, kwargs))
-    return executor.submit(_run_batch, items, batch._backend, batch._n_jobs)
+    future = executor.submit(_run_batch, items, batch._backend, batch._n_jobs)
+    future._dlexec_timed = True  # its result is (results, seconds)
+    return future
 
 
 def _run_batch(items, backend, n_jobs):
-    """In a runtime: what ``BatchedCalls.__call__`` does."""
+    """In a runtime: what ``BatchedCalls.__call__`` does; returns the results and the time the
+    calls took (without this batch's own costs, which the round trip counts)."""
     from joblib import parallel_config
 
     with parallel_config(backend=backend, n_jobs=n_jobs):
-        return [func(*args, **kwargs) for func, args, kwargs in items]
+        start = time.perf_counter()
+        results = [func(*args, **kwargs) for func, args, kwargs in items]
+        return results, time.perf_counter() - start
 
 
 def _check_options(options: dict) -> None:
