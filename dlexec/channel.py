@@ -99,8 +99,10 @@ class KernelChannel:
         self._installed_at_start = self.runtime.run_at_start(self.bootstrap_code)
         self.runtime.start(timeout)
         try:
+            # Then the worker's versions come with the kernel's first answer, not a round trip later.
+            info = self.call_later("info") if self._installed_at_start else None
             self.wait_ready(timeout)
-            self.install_worker(timeout)
+            self.install_worker(timeout, info)
         except BaseException:
             self.runtime.terminate()
             raise
@@ -113,15 +115,16 @@ class KernelChannel:
         return _BOOTSTRAP.format(sources=sources, settings=self.runtime.worker_settings(), request=worker.REQUEST,
                                  reply=worker.REPLY)
 
-    def install_worker(self, timeout: float) -> None:
+    def install_worker(self, timeout: float, info=None) -> None:
         """Ship the worker's source into the kernel and register its handler (unless the
-        kernel did at its start), then check the versions it reports."""
+        kernel did at its start), then check the versions it reports (``info``: the wait of an
+        ``info`` request already sent)."""
         if not self._installed_at_start:
             reply, _ = self.execute(self.bootstrap_code(), timeout=timeout, silent=True, store_history=False)
             if reply.get("status") != "ok":
                 self._not_installed(f"{reply.get('ename')}: {reply.get('evalue')}")
         try:
-            info, _ = self.call("info", timeout=timeout)
+            info, _ = (info or self.call_later("info"))(timeout)
         except TimeoutError:
             if not self._installed_at_start:
                 raise
@@ -208,6 +211,11 @@ class KernelChannel:
 
     def call(self, op: str, content: dict | None = None, frames=(), timeout: float | None = None):
         """Run one worker operation and wait for its reply: ``(content, frames)``."""
+        return self.call_later(op, content, frames)(timeout)
+
+    def call_later(self, op: str, content: dict | None = None, frames=()):
+        """Send one worker operation now; returns ``wait(timeout)``, which waits for its reply
+        and returns ``(content, frames)`` (as :meth:`call`)."""
         done = threading.Event()
         box: dict = {}
 
@@ -227,14 +235,18 @@ class KernelChannel:
             "shell", worker.REQUEST, {"op": op, **(content or {})}, frames, on_reply=on_reply, on_lost=on_lost,
             on_error=on_error,
         )
-        if not done.wait(timeout):
-            raise TimeoutError(f"kernel {self.runtime.id} did not answer {op!r} within {timeout:g} s")
-        if "error" in box:
-            raise box["error"]
-        if "reply" not in box:
-            raise self.lost_error()
-        msg = box["reply"]
-        return msg["content"], msg.get("buffers") or []
+
+        def wait(timeout: float | None):
+            if not done.wait(timeout):
+                raise TimeoutError(f"kernel {self.runtime.id} did not answer {op!r} within {timeout:g} s")
+            if "error" in box:
+                raise box["error"]
+            if "reply" not in box:
+                raise self.lost_error()
+            msg = box["reply"]
+            return msg["content"], msg.get("buffers") or []
+
+        return wait
 
     def execute(self, code: str, timeout: float | None = None, *, silent=False, store_history=True,
                 on_output: Callable[[dict], None] | None = None, interrupt_grace: float = 5.0):
