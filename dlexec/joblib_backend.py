@@ -134,7 +134,7 @@ def batch_size_for(task_seconds: float | None, round_trip: float | None) -> int:
     target = min(MAX_BATCH_SECONDS, max(MIN_BATCH_SECONDS, BATCH_ROUND_TRIPS * (round_trip or 0.0)))
     if task_seconds * MAX_BATCH_SIZE <= target:
         return MAX_BATCH_SIZE
-    return max(1, int(target / task_seconds))
+    return max(1, int(target / task_seconds * (1 + 1e-9)))  # (not one less for a rounding error)
 
 
 class _BatchStats:
