@@ -77,6 +77,20 @@ warning).
 joblib runs a batch of tasks as a ``joblib.parallel.BatchedCalls``, which travels by
 reference: the kernels need joblib installed (local kernels use this Python, so they have
 it), as they need every library the tasks use.
+
+Batch sizes
+-----------
+With ``Parallel(batch_size="auto")`` (the default) joblib asks the backend how many tasks to
+put in each batch. joblib's own answer starts at one and doubles as batches come back, which
+at a kernel's round trip (a few ms, ten times a loky worker's) costs more than thousands of
+tiny tasks themselves. Here (:func:`batch_size_for`) a call's first batches hold one task;
+from the first answer on, each holds about ``BATCH_ROUND_TRIPS`` round trips of work, by the
+time the kernels measured for the call's tasks and for the trips (at least
+``MIN_BATCH_SECONDS``, at most ``MAX_BATCH_SECONDS`` of work, ``MAX_BATCH_SIZE`` tasks): tiny
+tasks go by thousands, tasks of 0.1 s or more one by one. joblib keeps as many batches in
+flight as it pre-dispatches tasks, 2 x ``n_jobs`` by default, and splits the end of its input
+into 10 x ``n_jobs`` batches; so a ``Parallel`` whose ``pre_dispatch`` is left at joblib's
+default pre-dispatches ``PRE_DISPATCH`` (8 x ``n_jobs``) tasks with this backend.
 """
 
 from __future__ import annotations
