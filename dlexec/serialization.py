@@ -103,8 +103,8 @@ class _PlainPickler(pickle.Pickler):
         reduced = _special_reduction(self, obj, cls)
         if reduced is not None:
             return reduced
-        if obj is _shared:  # what a Shared object unpickles with: the kernel's own, found there
-            return getattr, (_KernelSerialization(), "_shared")
+        if obj is _shared:  # what a Shared object unpickles with: by reference, as dill does
+            return NotImplemented
         if isinstance(obj, _DILL_ONLY) or cls.__module__ == "__main__":
             raise _NeedsDill
         if isinstance(obj, type):
@@ -113,14 +113,6 @@ class _PlainPickler(pickle.Pickler):
             if self.modules is not None:
                 self.modules.add(obj.__module__)
         return NotImplemented
-
-
-class _KernelSerialization:
-    """Unpickles as this module as a kernel names it (``_dlexec_serialization``); the C pickler
-    cannot refer to it by name here, where no module has that name."""
-
-    def __reduce__(self):
-        return __import__, ("_dlexec_serialization",)
 
 
 class _ExceptionPickler(Pickler):
