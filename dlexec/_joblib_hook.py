@@ -29,7 +29,8 @@ def install() -> None:
     if _TARGET in sys.modules:
         _register()
     elif not any(isinstance(finder, _Finder) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _Finder())
+        # A new list rather than an insertion: another thread may be going through the old one.
+        sys.meta_path = [_Finder(), *sys.meta_path]
 
 
 def _register() -> None:
@@ -42,7 +43,7 @@ def _register() -> None:
 
 
 def _uninstall() -> None:
-    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _Finder)]
+    sys.meta_path = [finder for finder in sys.meta_path if not isinstance(finder, _Finder)]
 
 
 class _Finder:
