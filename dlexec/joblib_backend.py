@@ -87,7 +87,8 @@ tiny tasks themselves. Here (:func:`batch_size_for`) a call's first batches hold
 from the first answer on, each holds about ``BATCH_ROUND_TRIPS`` round trips of work, by the
 time the kernels measured for the call's tasks and for the trips (at least
 ``MIN_BATCH_SECONDS``, at most ``MAX_BATCH_SECONDS`` of work, ``MAX_BATCH_SIZE`` tasks): tiny
-tasks go by thousands, tasks of 0.1 s or more one by one. joblib keeps as many batches in
+tasks go by thousands, tasks longer than half that one by one (on local kernels, from about
+30 ms). joblib keeps as many batches in
 flight as it pre-dispatches tasks, 2 x ``n_jobs`` by default, and splits the end of its input
 into 10 x ``n_jobs`` batches; so a ``Parallel`` whose ``pre_dispatch`` is left at joblib's
 default pre-dispatches ``PRE_DISPATCH`` (8 x ``n_jobs``) tasks with this backend.
