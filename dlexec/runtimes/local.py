@@ -67,7 +67,7 @@ class _KernelSpecs(KernelSpecManager):
         return super().get_kernel_spec(kernel_name)
 
 
-_context: zmq.Context | None = None
+_context: tuple | None = None  # (the process-wide context, our shadow of it)
 
 
 def _zmq_context() -> zmq.Context:
@@ -77,11 +77,12 @@ def _zmq_context() -> zmq.Context:
     whose sockets retry a kernel that is not listening yet every ``_RECONNECT_MS`` ms (the
     application's sockets keep their defaults); a shadow never terminates the context."""
     global _context
-    if _context is None:
-        context = zmq.Context(shadow=zmq.Context.instance())
+    instance = zmq.Context.instance()  # a new one if the application terminated the last one
+    if _context is None or _context[0] is not instance:
+        context = zmq.Context(shadow=instance)
         context.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_MS)
-        _context = context
-    return _context
+        _context = (instance, context)
+    return _context[1]
 
 
 class LocalRuntime(Runtime):
