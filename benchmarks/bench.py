@@ -19,8 +19,10 @@ Every executor gets the same number of workers (``--workers``, default 2):
 6. fresh process: a new Python runs a script that imports the library, builds an executor
    and waits for one trivial result (``abs(-1)``), for dlexec, PPE and loky (a subprocess per
    run): the import (s), the first result after the import (s) and the whole script's wall
-   time, interpreter start and exit included (s). The library's bytecode is compiled first
-   (as an installed package's is), into a temporary cache, not next to the sources.
+   time, interpreter start and exit included (s). These run first, before the in-process
+   measurements, the three libraries taking turns run by run; the libraries' bytecode is
+   compiled first (as an installed package's is), into a temporary cache, not next to the
+   sources.
 
 Each figure is the median of ``--repeat`` runs (the round trip: of 200 calls; fewer runs, at
 least one, once a measurement has taken 30 s: ipyparallel's 10,000 tasks). Pools are
@@ -272,32 +274,40 @@ print(t1 - t0, t2 - t1)
 """
 
 
-def measure_fresh(name: str, args, results: dict) -> None:
-    """A new Python per run: import, first result after the import, the whole script's wall time."""
+def measure_fresh(names, args) -> dict:
+    """A new Python per run: the import, the first result after it, the whole script's wall time.
+
+    Run before anything else (no kernel or worker of the in-process measurements around), the
+    libraries taking turns run by run, so that they see the same machine."""
     import subprocess
     import tempfile
 
-    import_line, factory = FRESH_SCRIPTS[name]
     root = str(Path(__file__).resolve().parent.parent)
+    runs: dict = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="dlexec-bench-") as tmp:
-        script = Path(tmp) / "fresh.py"
-        script.write_text(FRESH_SCRIPT.format(import_line=import_line, factory=factory, workers=args.workers))
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")  # this checkout's dlexec
         env["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")  # bytecode written there, not in the tree
-        runs = []
-        for i in range(args.fresh_repeat + 1):  # the first run compiles the bytecode: not counted
-            start = time.perf_counter()
-            done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp,
-                                  timeout=120)
-            wall = time.perf_counter() - start
-            if done.returncode != 0:
-                raise RuntimeError(f"the fresh-process script failed: {done.stderr.strip()[-500:]}")
-            if i:
-                imported, first = map(float, done.stdout.split())
-                runs.append((imported, first, wall))
-    for key, index in (("fresh_import", 0), ("fresh_first", 1), ("fresh_wall", 2)):
-        results[key] = statistics.median(run[index] for run in runs)
+        scripts = {}
+        for name in names:
+            import_line, factory = FRESH_SCRIPTS[name]
+            scripts[name] = Path(tmp) / f"fresh_{name}.py"
+            scripts[name].write_text(FRESH_SCRIPT.format(import_line=import_line, factory=factory,
+                                                         workers=args.workers))
+        for i in range(args.fresh_repeat + 1):  # the first round compiles the bytecode: not counted
+            for name in names:
+                start = time.perf_counter()
+                done = subprocess.run([sys.executable, str(scripts[name])], capture_output=True, text=True, env=env,
+                                      cwd=tmp, timeout=120)
+                wall = time.perf_counter() - start
+                if done.returncode != 0:
+                    raise RuntimeError(f"the fresh-process script of {name} failed: {done.stderr.strip()[-500:]}")
+                if i:
+                    imported, first = map(float, done.stdout.split())
+                    runs[name].append((imported, first, wall))
+    return {name: {key: statistics.median(run[index] for run in found)
+                   for key, index in (("fresh_import", 0), ("fresh_first", 1), ("fresh_wall", 2))}
+            for name, found in runs.items()}
 
 
 def measure_memory(factory, payload, results: dict) -> None:
@@ -504,18 +514,24 @@ def main(argv=None) -> int:
 
     results, left = {}, {}
     factories = executors()
+    print("measuring fresh processes ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    try:
+        fresh = measure_fresh(list(FRESH_SCRIPTS), args)
+    except Exception as exc:  # noqa: BLE001 - report it, measure the rest
+        print(f"  fresh processes failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        fresh = {}
+    print(f"  {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     # PPE first: it forks (Linux) before any dlexec thread exists in this process.
     for name in ("ProcessPoolExecutor", "loky", "ipyparallel", "dlexec"):
         if name not in factories:
             continue
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        results[name] = {}
+        results[name] = dict(fresh.get(name, {}))
         args.name = name
         try:
             measure(factories[name], args, results[name])
-            if name in FRESH_SCRIPTS:
-                measure_fresh(name, args, results[name])
         except Exception as exc:  # noqa: BLE001 - report it, keep the figures measured so far
             print(f"  {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         left[name] = leftovers()
