@@ -137,8 +137,8 @@ class LocalRuntime(Runtime):
     def run_at_start(self, code) -> bool:
         """dlexec's own kernel runs ``code()`` as it starts, and again after a restart, from a
         startup file in its private directory (ipykernel's ``exec_files``); a named kernel
-        (which may not be ipykernel) does not."""
-        if self.kernel_name is not None:
+        (which may not be ipykernel) does not, nor one given startup files of its own."""
+        if self.kernel_name is not None or any("exec_files" in argument for argument in self.extra_arguments):
             return False
         self._startup_code = code
         return True
