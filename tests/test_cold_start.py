@@ -152,8 +152,11 @@ def test_the_default_kernel_answers_with_the_worker_installed_at_start():
 
 
 def test_a_named_kernel_spec_installs_the_worker_by_a_request():
-    runtime = LocalRuntime("named", kernel_name="python3")
-    assert runtime.run_at_start(lambda: "") is False
+    for runtime, at_start in ((LocalRuntime("named", kernel_name="python3"), False),
+                              (LocalRuntime("own", extra_arguments=["--IPKernelApp.exec_files=mine.py"]), False),
+                              (LocalRuntime("default"), True)):
+        assert runtime.run_at_start(lambda: "") is at_start
+        runtime.terminate()  # never started: frees its wake-up pipe
     with DatalayerExecutor(1, kernel_name="python3") as ex:
         assert ex.submit(answer).result(timeout=60) == 42
         assert not ex._pool.workers[0].service.channel._installed_at_start
