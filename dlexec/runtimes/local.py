@@ -62,7 +62,7 @@ class _KernelSpecs(KernelSpecManager):
                 display_name=f"dlexec (Python {sys.version.split()[0]})",
                 language="python",
                 resource_dir=os.path.dirname(_LAUNCHER),
-                metadata={"debugger": False},
+                metadata={"debugger": False, "supported_encryption": ["curve"]},  # ipykernel's, less the debugger
             )
         return super().get_kernel_spec(kernel_name)
 
