@@ -227,7 +227,7 @@ def measure(factory, args, results: dict) -> None:
         if not np.array_equal(back, payload):
             print("  note: the payload came back different", file=sys.stderr)
         del back
-        results["payload"] = median_time(lambda: ex.submit(identity, payload).result(), args.repeat)
+        results["payload"] = median_time(lambda data=payload: ex.submit(identity, data).result(), args.repeat)
     measure_memory(factory, payload, results)
     del payload
     reusable = REUSABLE.get(args.name)
@@ -425,7 +425,8 @@ def table(results: dict, args) -> str:
     peers = [n for n in ("ProcessPoolExecutor", "loky", "ipyparallel") if n in results]
     short = {"ProcessPoolExecutor": "PPE"}
     lines = [
-        "| measurement | " + " | ".join(names) + " | " + " | ".join(f"dlexec / {short.get(p, p)}" for p in peers) + " |",
+        "| measurement | " + " | ".join(names) + " | "
+        + " | ".join(f"dlexec / {short.get(p, p)}" for p in peers) + " |",
         "|---" + "|--:" * (len(names) + len(peers)) + "|",
     ]
     for key, label in rows(args):

@@ -11,13 +11,13 @@ from __future__ import annotations
 import abc
 from typing import Callable
 
+from ..errors import RuntimeStartError  # noqa: F401 - re-exported for backends
+
 #: ``on_message(channel, msg)``: a deserialized Jupyter message (jupyter-client's dict
 #: shape, ``buffers`` included) from the ``shell``, ``iopub`` or ``control`` channel.
 MessageHandler = Callable[[str, dict], None]
 #: ``on_exit(reason)``: the kernel is gone; ``reason`` says how, for the user.
 ExitHandler = Callable[[str], None]
-
-from ..errors import RuntimeStartError  # noqa: F401 - re-exported for backends
 
 
 class Runtime(abc.ABC):
