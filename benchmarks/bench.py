@@ -14,7 +14,15 @@ Every executor gets the same number of workers (``--workers``, default 2):
    and the extra peak memory (RSS high-water mark over the resident size before the call,
    in multiples of the payload) in the caller and in the worker, with one worker;
 5. joblib: ``Parallel(n_jobs=workers)`` with backend ``datalayer`` against joblib's default
-   ``loky``: 2,000 tiny calls (auto-batching) and 40 calls of 25 ms each (s).
+   ``loky``: 2,000 tiny calls (auto-batching) and 40 calls of 25 ms each (s), the two backends
+   taking turns call by call, so that both see the same load;
+6. fresh process: a new Python runs a script that imports the library, builds an executor
+   and waits for one trivial result (``abs(-1)``), for dlexec, PPE and loky (a subprocess per
+   run): the import (s), the first result after the import (s) and the whole script's wall
+   time, interpreter start and exit included (s). These run first, before the in-process
+   measurements, the three libraries taking turns run by run; the libraries' bytecode is
+   compiled first (as an installed package's is), into a temporary cache, not next to the
+   sources.
 
 Each figure is the median of ``--repeat`` runs (the round trip: of 200 calls; fewer runs, at
 least one, once a measurement has taken 30 s: ipyparallel's 10,000 tasks). Pools are
@@ -219,7 +227,7 @@ def measure(factory, args, results: dict) -> None:
         if not np.array_equal(back, payload):
             print("  note: the payload came back different", file=sys.stderr)
         del back
-        results["payload"] = median_time(lambda: ex.submit(identity, payload).result(), args.repeat)
+        results["payload"] = median_time(lambda data=payload: ex.submit(identity, data).result(), args.repeat)
     measure_memory(factory, payload, results)
     del payload
     reusable = REUSABLE.get(args.name)
@@ -248,6 +256,60 @@ def kernel_info(ex):
     return call
 
 
+FRESH_SCRIPTS = {
+    "dlexec": ("import dlexec", "dlexec.DatalayerExecutor"),
+    "ProcessPoolExecutor": ("import concurrent.futures", "concurrent.futures.ProcessPoolExecutor"),
+    "loky": ("import loky", "loky.ProcessPoolExecutor"),
+}
+
+FRESH_SCRIPT = """\
+import time
+t0 = time.perf_counter()
+{import_line}
+t1 = time.perf_counter()
+with {factory}({workers}) as ex:
+    ex.submit(abs, -1).result()
+    t2 = time.perf_counter()
+print(t1 - t0, t2 - t1)
+"""
+
+
+def measure_fresh(names, args) -> dict:
+    """A new Python per run: the import, the first result after it, the whole script's wall time.
+
+    Run before anything else (no kernel or worker of the in-process measurements around), the
+    libraries taking turns run by run, so that they see the same machine."""
+    import subprocess
+    import tempfile
+
+    root = str(Path(__file__).resolve().parent.parent)
+    runs: dict = {name: [] for name in names}
+    with tempfile.TemporaryDirectory(prefix="dlexec-bench-") as tmp:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")  # this checkout's dlexec
+        env["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")  # bytecode written there, not in the tree
+        scripts = {}
+        for name in names:
+            import_line, factory = FRESH_SCRIPTS[name]
+            scripts[name] = Path(tmp) / f"fresh_{name}.py"
+            scripts[name].write_text(FRESH_SCRIPT.format(import_line=import_line, factory=factory,
+                                                         workers=args.workers))
+        for i in range(args.fresh_repeat + 1):  # the first round compiles the bytecode: not counted
+            for name in names:
+                start = time.perf_counter()
+                done = subprocess.run([sys.executable, str(scripts[name])], capture_output=True, text=True, env=env,
+                                      cwd=tmp, timeout=120)
+                wall = time.perf_counter() - start
+                if done.returncode != 0:
+                    raise RuntimeError(f"the fresh-process script of {name} failed: {done.stderr.strip()[-500:]}")
+                if i:
+                    imported, first = map(float, done.stdout.split())
+                    runs[name].append((imported, first, wall))
+    return {name: {key: statistics.median(run[index] for run in found)
+                   for key, index in (("fresh_import", 0), ("fresh_first", 1), ("fresh_wall", 2))}
+            for name, found in runs.items()}
+
+
 def measure_memory(factory, payload, results: dict) -> None:
     """Extra peak memory of one payload round trip, caller and worker side (one worker)."""
     try:
@@ -268,21 +330,32 @@ def measure_memory(factory, payload, results: dict) -> None:
 
 
 def measure_joblib(args) -> dict:
-    """joblib.Parallel with backend "datalayer" and "loky": the same calls, in one run."""
+    """joblib.Parallel with backend "datalayer" and "loky": the same calls, in one run, the two
+    backends taking turns call by call (the datalayer block stays open, so its kernels stay warm;
+    loky's executor is reused by joblib)."""
     import joblib
 
     import dlexec  # noqa: F401 - registers the "datalayer" backend
 
-    found = {}
     workloads = {"joblib_tiny": (square, range(2000)), "joblib_sleep": (sleep_for, [0.025] * 40)}
-    for backend in ("loky", "datalayer"):
-        found[backend] = {}
-        with joblib.parallel_config(backend=backend, n_jobs=args.workers):
-            joblib.Parallel()(joblib.delayed(worker_pid)(0.05) for _ in range(4 * args.workers))  # warm
-            for key, (fn, inputs) in workloads.items():
-                run = lambda: joblib.Parallel()(joblib.delayed(fn)(x) for x in inputs)  # noqa: E731
-                found[backend][key] = median_time(run, args.repeat)
-    return found
+    times: dict = {backend: {key: [] for key in workloads} for backend in ("loky", "datalayer")}
+    datalayer = joblib.parallel_config(backend="datalayer", n_jobs=args.workers)
+    try:
+        configs = {"loky": {"backend": "loky"}, "datalayer": {"backend": datalayer.parallel_config["backend"]}}
+        for backend, config in configs.items():  # warm both pools
+            with joblib.parallel_config(n_jobs=args.workers, **config):
+                joblib.Parallel()(joblib.delayed(worker_pid)(0.05) for _ in range(4 * args.workers))
+        for key, (fn, inputs) in workloads.items():
+            for _ in range(args.repeat):
+                for backend, config in configs.items():
+                    with joblib.parallel_config(n_jobs=args.workers, **config):
+                        start = time.perf_counter()
+                        joblib.Parallel()(joblib.delayed(fn)(x) for x in inputs)
+                        times[backend][key].append(time.perf_counter() - start)
+    finally:
+        datalayer.__exit__(None, None, None)
+    return {backend: {key: statistics.median(values) for key, values in found.items()}
+            for backend, found in times.items()}
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -299,6 +372,9 @@ def rows(args) -> list[tuple[str, str]]:
         ("mem_caller", "payload: extra peak memory in the caller (x payload)"),
         ("mem_worker", "payload: extra peak memory in the worker (x payload)"),
         ("reuse", "reused executor to first result (ms)"),
+        ("fresh_import", "fresh process: the import (s)"),
+        ("fresh_first", "fresh process: first result after the import (s)"),
+        ("fresh_wall", "fresh process: the whole script, wall time (s)"),
     ]
 
 
@@ -330,7 +406,8 @@ def header(args) -> str:
         f"- platform: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         f"- {libs}",
         f"- {args.workers} workers per executor; figures are medians "
-        f"({args.repeat} runs, start-up {args.startup_repeat}, round trip {args.calls} calls); "
+        f"({args.repeat} runs, start-up {args.startup_repeat}, fresh process {args.fresh_repeat}, "
+        f"round trip {args.calls} calls); "
         "ratio = dlexec time / peer time, < 1 means dlexec is faster",
     ])
 
@@ -348,7 +425,8 @@ def table(results: dict, args) -> str:
     peers = [n for n in ("ProcessPoolExecutor", "loky", "ipyparallel") if n in results]
     short = {"ProcessPoolExecutor": "PPE"}
     lines = [
-        "| measurement | " + " | ".join(names) + " | " + " | ".join(f"dlexec / {short.get(p, p)}" for p in peers) + " |",
+        "| measurement | " + " | ".join(names) + " | "
+        + " | ".join(f"dlexec / {short.get(p, p)}" for p in peers) + " |",
         "|---" + "|--:" * (len(names) + len(peers)) + "|",
     ]
     for key, label in rows(args):
@@ -431,18 +509,27 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (2 if args.quick else 5)
     args.startup_repeat = 2 if args.quick else 3
+    args.fresh_repeat = 3 if args.quick else 7
     args.tasks = 2_000 if args.quick else 10_000
     args.calls = 50 if args.quick else 200
 
     results, left = {}, {}
     factories = executors()
+    print("measuring fresh processes ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    try:
+        fresh = measure_fresh(list(FRESH_SCRIPTS), args)
+    except Exception as exc:  # noqa: BLE001 - report it, measure the rest
+        print(f"  fresh processes failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        fresh = {}
+    print(f"  {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     # PPE first: it forks (Linux) before any dlexec thread exists in this process.
     for name in ("ProcessPoolExecutor", "loky", "ipyparallel", "dlexec"):
         if name not in factories:
             continue
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        results[name] = {}
+        results[name] = dict(fresh.get(name, {}))
         args.name = name
         try:
             measure(factories[name], args, results[name])

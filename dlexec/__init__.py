@@ -3,37 +3,72 @@
 ``DatalayerExecutor`` is a drop-in ``ProcessPoolExecutor`` whose workers are kernels;
 ``RuntimeService`` drives one runtime directly (the Datalayer runtime API). Backends:
 local kernels (the default), any Jupyter Server, Datalayer runtimes.
+
+``import dlexec`` imports nothing else: each name below is imported from its module on
+first use (PEP 562), so a program pays only for what it uses. The ``"datalayer"`` joblib
+backend is registered as soon as joblib is imported, before or after dlexec
+(:mod:`dlexec._joblib_hook`).
 """
 
-from concurrent.futures.process import BrokenProcessPool
+from __future__ import annotations
 
-from .errors import (
-    AuthenticationError,
-    CapacityError,
-    DatalayerError,
-    ExecutionError,
-    InitializerFailed,
-    RemoteError,
-    RuntimeStartError,
-    WorkerLostError,
-)
-from .executor import DatalayerExecutor
-from .futures import TaskFuture
-from .joblib_backend import register_joblib
-from .progress import progress
-from .reusable import get_reusable_executor
-from .serialization import Shared
-from .service import ExecutionResponse, RuntimeService
-from .snapshots import RuntimeSnapshotModel
-from .stats import ExecutorStats, RuntimeStats
+import importlib
 
 __version__ = "0.1.0"
 
-# The "datalayer" joblib backend is there as soon as dlexec is imported, if joblib is installed.
-try:
-    register_joblib()
-except ImportError:
-    pass
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    "AuthenticationError": "errors",
+    "BrokenProcessPool": "errors",
+    "CapacityError": "errors",
+    "DatalayerError": "errors",
+    "ExecutionError": "errors",
+    "InitializerFailed": "errors",
+    "RemoteError": "errors",
+    "RuntimeStartError": "errors",
+    "WorkerLostError": "errors",
+    "DatalayerExecutor": "executor",
+    "TaskFuture": "futures",
+    "register_joblib": "joblib_backend",
+    "get_reusable_executor": "reusable",
+    "Shared": "serialization",
+    "ExecutionResponse": "service",
+    "RuntimeService": "service",
+    "RuntimeSnapshotModel": "snapshots",
+    "ExecutorStats": "stats",
+    "RuntimeStats": "stats",
+}
+
+#: Submodules reachable as attributes (``dlexec.runtimes``...) before anything imported them.
+_SUBMODULES = frozenset({
+    "callables", "channel", "cli", "datalayer", "errors", "executor", "futures", "joblib_backend", "modules",
+    "progress", "reusable", "runtimes", "secrets", "serialization", "service", "snapshots", "stats",
+    "tracebacks", "urls", "worker",
+})
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)
+
+
+# Not lazy: importing the submodule dlexec.progress (executor.map does) would make
+# ``dlexec.progress`` the module rather than the function.
+from .progress import progress  # noqa: E402
+from . import _joblib_hook  # noqa: E402 - after __getattr__: the hook may run at once (joblib already imported)
+
+_joblib_hook.install()
 
 __all__ = [
     "AuthenticationError",

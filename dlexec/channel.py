@@ -46,15 +46,28 @@ _SOURCES = (
     ("_dlexec_worker", Path(worker.__file__)),
 )
 
+# Run by the kernel, from a startup file or an execute_request. If the worker cannot be
+# installed (no dill in the kernel...), every dlexec request is answered with the error, so
+# that the client's first one (``info``) reports it rather than waiting for an answer.
 _BOOTSTRAP = """\
 def __dlexec_bootstrap(sources, settings):
     import sys, types
-    for name, source in sources:
-        module = types.ModuleType(name)
-        module.__file__ = "<" + name + ">"
-        sys.modules[name] = module
-        exec(compile(source, module.__file__, "exec"), module.__dict__)
-    sys.modules["_dlexec_worker"].install(settings)
+    try:
+        for name, source in sources:
+            module = types.ModuleType(name)
+            module.__file__ = "<" + name + ">"
+            sys.modules[name] = module
+            exec(compile(source, module.__file__, "exec"), module.__dict__)
+        sys.modules["_dlexec_worker"].install(settings)
+    except BaseException as exc:
+        error = type(exc).__name__ + ": " + str(exc)
+        kernel = get_ipython().kernel
+
+        def refuse(stream, idents, msg):
+            kernel.session.send(stream, {reply!r}, {{"status": "error", "error": error, "final": True}},
+                                parent=msg, ident=idents)
+
+        kernel.shell_handlers[{request!r}] = refuse
 try:
     __dlexec_bootstrap({sources!r}, {settings!r})
 finally:
@@ -98,38 +111,66 @@ class KernelChannel:
         self._held_expired = False  # the kernel has gone: hand everything over, wait for nothing
         self._held_timer: threading.Timer | None = None
         self._exit_callbacks: list[Callable[[str], None]] = []
+        self._iopub_ready = threading.Event()  # IOPub is connected: see wait_ready
         runtime.on_message = self._on_message
         runtime.on_exit = self._on_exit
 
     # -- start ------------------------------------------------------------------------------
 
     def start(self, timeout: float) -> None:
-        """Start the kernel, wait until it answers, install the worker and read its versions."""
+        """Start the kernel, wait until it answers, install the worker and read its versions.
+
+        A backend that can run code as the kernel starts (a local kernel) installs the worker
+        then: one round trip fewer, and no IPython execution."""
+        self._installed_at_start = self.runtime.run_at_start(self.bootstrap_code)
         self.runtime.start(timeout)
         try:
+            # Then the worker's versions come with the kernel's first answer, not a round trip later.
+            info = self.call_later("info") if self._installed_at_start else None
             self.wait_ready(timeout)
-            self.install_worker(timeout)
+            self.install_worker(timeout, info)
         except BaseException:
             self.runtime.terminate()
             raise
 
-    def install_worker(self, timeout: float) -> None:
-        """Ship the worker's source into the kernel and register its handler."""
+    _installed_at_start = False
+
+    def bootstrap_code(self) -> str:
+        """The code that installs the worker: its source and this runtime's settings."""
         sources = [(name, path.read_text()) for name, path in _SOURCES]
-        code = _BOOTSTRAP.format(sources=sources, settings=self.runtime.worker_settings())
-        reply, _ = self.execute(code, timeout=timeout, silent=True, store_history=False)
-        if reply.get("status") != "ok":
-            raise RuntimeStartError(
-                f"could not install the dlexec worker in kernel {self.runtime.id}: "
-                f"{reply.get('ename')}: {reply.get('evalue')}. The kernel's environment needs "
-                "dill and tblib (pip install dill tblib)."
-            )
-        self.info, _ = self.call("info", timeout=timeout)
+        return _BOOTSTRAP.format(sources=sources, settings=self.runtime.worker_settings(), request=worker.REQUEST,
+                                 reply=worker.REPLY)
+
+    def install_worker(self, timeout: float, info=None) -> None:
+        """Ship the worker's source into the kernel and register its handler (unless the
+        kernel did at its start), then check the versions it reports (``info``: the wait of an
+        ``info`` request already sent)."""
+        if not self._installed_at_start:
+            reply, _ = self.execute(self.bootstrap_code(), timeout=timeout, silent=True, store_history=False)
+            if reply.get("status") != "ok":
+                self._not_installed(f"{reply.get('ename')}: {reply.get('evalue')}")
+        try:
+            info, _ = (info or self.call_later("info"))(timeout)
+        except TimeoutError:
+            if not self._installed_at_start:
+                raise
+            self._not_installed(f"it did not answer dlexec's first request within {timeout:g} s (the worker should "
+                                "have been installed as it started)")
+        if info.get("status") == "error":
+            self._not_installed(info.get("error") or "unknown error")
+        self.info = info
         check_versions(self.info, self.runtime.id)
 
+    def _not_installed(self, why: str):
+        raise RuntimeStartError(
+            f"could not install the dlexec worker in kernel {self.runtime.id}: {why}. The kernel's environment "
+            "needs dill and tblib (pip install dill tblib)."
+        )
+
     def wait_ready(self, timeout: float) -> None:
-        """Wait for a ``kernel_info_reply`` and for IOPub to be connected (its first message)."""
-        iopub_seen = threading.Event()
+        """Wait for a ``kernel_info_reply`` and for IOPub to be connected: its welcome message
+        (ipykernel >= 7 greets each subscriber, JEP 65), or an IOPub message about our request."""
+        iopub_seen = self._iopub_ready
         deadline = _Deadline(timeout)
         while True:
             replied = threading.Event()
@@ -196,6 +237,11 @@ class KernelChannel:
 
     def call(self, op: str, content: dict | None = None, frames=(), timeout: float | None = None):
         """Run one worker operation and wait for its reply: ``(content, frames)``."""
+        return self.call_later(op, content, frames)(timeout)
+
+    def call_later(self, op: str, content: dict | None = None, frames=()):
+        """Send one worker operation now; returns ``wait(timeout)``, which waits for its reply
+        and returns ``(content, frames)`` (as :meth:`call`)."""
         done = threading.Event()
         box: dict = {}
 
@@ -215,14 +261,18 @@ class KernelChannel:
             "shell", worker.REQUEST, {"op": op, **(content or {})}, frames, on_reply=on_reply, on_lost=on_lost,
             on_error=on_error,
         )
-        if not done.wait(timeout):
-            raise TimeoutError(f"kernel {self.runtime.id} did not answer {op!r} within {timeout:g} s")
-        if "error" in box:
-            raise box["error"]
-        if "reply" not in box:
-            raise self.lost_error()
-        msg = box["reply"]
-        return msg["content"], msg.get("buffers") or []
+
+        def wait(timeout: float | None):
+            if not done.wait(timeout):
+                raise TimeoutError(f"kernel {self.runtime.id} did not answer {op!r} within {timeout:g} s")
+            if "error" in box:
+                raise box["error"]
+            if "reply" not in box:
+                raise self.lost_error()
+            msg = box["reply"]
+            return msg["content"], msg.get("buffers") or []
+
+        return wait
 
     def execute(self, code: str, timeout: float | None = None, *, silent=False, store_history=True,
                 on_output: Callable[[dict], None] | None = None, interrupt_grace: float = 5.0):
@@ -321,6 +371,8 @@ class KernelChannel:
                 _echo_stream(msg["content"])
                 if request is not None:
                     self._output_echoed(parent_id, request, msg["content"])
+            elif msg["header"]["msg_type"] == "iopub_welcome":
+                self._iopub_ready.set()
             return
         if self.digests and msg["header"]["msg_type"] == worker.REPLY:
             try:  # before anything of it is unpickled
@@ -476,6 +528,7 @@ class KernelChannel:
         """Drop every request in flight (the kernel is being restarted: no reply will come)."""
         with self._lock:
             pending, self._pending = self._pending, {}
+        self._iopub_ready.clear()  # the new kernel's IOPub has to be seen again
         with self._held_lock:  # nor will their held replies be handed over
             for request in pending.values():
                 request.done = True

@@ -542,6 +542,7 @@ class _Pool:
                 if item is None:  # a late reply for a task already settled (its kernel was restarted)
                     continue
                 item.future.stdout, item.future.stderr = out, err
+                item.future.run_seconds = elapsed
                 done.append((item, *_outcome(status, info, item_frames, item, worker)))
             worker.tasks += len(done)
             worker.busy_seconds += seconds

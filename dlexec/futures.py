@@ -15,7 +15,8 @@ class TaskFuture(Future):
       meaning and returns False then); ``result()`` then raises ``CancelledError``;
     - ``stdout`` and ``stderr``: what the task printed (once done);
     - ``runtime_id``: the runtime that ran it; ``started_at``/``finished_at``:
-      ``time.time()`` here when it was sent and when its outcome arrived.
+      ``time.time()`` here when it was sent and when its outcome arrived;
+      ``run_seconds``: how long it ran in the kernel (the rest of that span is the trip).
     """
 
     def __init__(self) -> None:
@@ -23,6 +24,7 @@ class TaskFuture(Future):
         self.runtime_id: str | None = None
         self.started_at: float | None = None
         self.finished_at: float | None = None
+        self.run_seconds: float | None = None
         self.stdout: str = ""
         self.stderr: str = ""
         self._interrupt = None  # set by the executor: a callable that stops this task

@@ -108,6 +108,8 @@ class _PlainPickler(pickle.Pickler):
         reduced = _special_reduction(self, obj, cls)
         if reduced is not None:
             return reduced
+        if obj is _shared:  # what a Shared object unpickles with: by reference, as dill does
+            return NotImplemented
         if isinstance(obj, _DILL_ONLY) or cls.__module__ == "__main__":
             raise _NeedsDill
         if isinstance(obj, type):

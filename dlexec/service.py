@@ -26,11 +26,11 @@ from typing import Any
 
 from . import serialization, snapshots
 from .channel import KernelChannel
-from .datalayer import DatalayerURLs
 from .errors import ExecutionError, RuntimeStartError
 from .modules import check_ship_modules, sources_to_ship, user_modules
 from .runtimes import DEFAULT_ENVIRONMENT, create_runtime, prepare
 from .snapshots import RuntimeSnapshotModel
+from .urls import DatalayerURLs
 
 
 class _DefaultURL(str):

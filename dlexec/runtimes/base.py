@@ -11,13 +11,13 @@ from __future__ import annotations
 import abc
 from typing import Callable
 
+from ..errors import RuntimeStartError  # noqa: F401 - re-exported for backends
+
 #: ``on_message(channel, msg)``: a deserialized Jupyter message (jupyter-client's dict
 #: shape, ``buffers`` included) from the ``shell``, ``iopub`` or ``control`` channel.
 MessageHandler = Callable[[str, dict], None]
 #: ``on_exit(reason)``: the kernel is gone; ``reason`` says how, for the user.
 ExitHandler = Callable[[str], None]
-
-from ..errors import RuntimeStartError  # noqa: F401 - re-exported for backends
 
 
 class Runtime(abc.ABC):
@@ -69,6 +69,12 @@ class Runtime(abc.ABC):
     def io_alive(self) -> bool:
         """Whether the threads that carry this kernel's messages are running (once started)."""
         return True
+
+    def run_at_start(self, code: Callable[[], str]) -> bool:
+        """Offer code that the kernel should run as it starts, before it serves any request
+        (called before :meth:`start`; ``code()`` gives its text). True if this backend does
+        so, at every start and restart: then dlexec installs its worker without a request."""
+        return False
 
     def worker_settings(self) -> dict:
         """Settings for :func:`dlexec.worker.install` in this kernel (see there)."""

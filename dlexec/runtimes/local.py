@@ -9,6 +9,13 @@ file in that directory, whose tail explains a crash. jupyter-client sets
 One I/O thread per kernel owns the ZeroMQ sockets (they are not thread-safe): it sends
 what :meth:`LocalRuntime.send` queued, delivers what arrives, and notices when the
 kernel process exits.
+
+The default kernel (``kernel_name=None``) is this Python's ipykernel, started by
+``launch_kernel.py`` (ipykernel without its debugger, which dlexec does not use), from a
+kernel spec made here rather than looked up (a lookup imports IPython in this process), and
+it installs the dlexec worker as it starts (``IPKernelApp.exec_files``), so that its first
+request can be a task. A named kernel (``kernel_name="python3"``...) is found by
+jupyter-client as usual, and gets the worker by a first ``execute_request``.
 """
 
 from __future__ import annotations
@@ -25,15 +32,57 @@ import time
 
 import zmq
 from jupyter_client import KernelManager
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 
 from .base import Runtime, RuntimeStartError
 
 _log = logging.getLogger("dlexec")
 _POLL_MS = 100  # how often the I/O thread checks that the kernel process is alive
 _LOG_TAIL_LINES = 20
+#: Milliseconds between two attempts of a client socket to reach a kernel that is not yet
+#: listening (ZeroMQ's default is 100, which a kernel's first answer would wait for on average half of).
+_RECONNECT_MS = 10
 
 #: Kernel options that take ~1 ms off each execution: no sqlite history, no post-execute sleep.
 KERNEL_ARGUMENTS = ("--HistoryManager.enabled=False", "--IPythonKernel._execute_sleep=0")
+#: The name of the default kernel's spec (``kernel_name=None``): this Python, ``launch_kernel.py``.
+OWN_KERNEL = "dlexec-python"
+_LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch_kernel.py")
+_STARTUP_FILE = "dlexec-worker-startup.py"  # in the kernel's private directory (not an importable name)
+
+
+class _KernelSpecs(KernelSpecManager):
+    """jupyter-client's kernel specs, plus dlexec's own kernel, which needs no lookup."""
+
+    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        if kernel_name == OWN_KERNEL:
+            return KernelSpec(
+                name=OWN_KERNEL,
+                argv=[sys.executable, _LAUNCHER, "-f", "{connection_file}"],
+                display_name=f"dlexec (Python {sys.version.split()[0]})",
+                language="python",
+                resource_dir=os.path.dirname(_LAUNCHER),
+                metadata={"debugger": False, "supported_encryption": ["curve"]},  # ipykernel's, less the debugger
+            )
+        return super().get_kernel_spec(kernel_name)
+
+
+_context: tuple | None = None  # (the process-wide context, our shadow of it)
+
+
+def _zmq_context() -> zmq.Context:
+    """The process-wide ZeroMQ context, never one per kernel: a context that the garbage
+    collector finalizes while one of its sockets is still open blocks forever in zmq_ctx_term
+    (a KernelManager in a reference cycle does exactly that). Seen through a shadow of its own,
+    whose sockets retry a kernel that is not listening yet every ``_RECONNECT_MS`` ms (the
+    application's sockets keep their defaults); a shadow never terminates the context."""
+    global _context
+    instance = zmq.Context.instance()  # a new one if the application terminated the last one
+    if _context is None or _context[0] is not instance:
+        context = zmq.Context(shadow=instance)
+        context.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_MS)
+        _context = (instance, context)
+    return _context[1]
 
 
 class LocalRuntime(Runtime):
@@ -45,7 +94,7 @@ class LocalRuntime(Runtime):
     def __init__(
         self,
         name: str = "local",
-        kernel_name: str = "python3",
+        kernel_name: str | None = None,
         *,
         extra_arguments: tuple[str, ...] = (),
         env: dict | None = None,
@@ -68,6 +117,7 @@ class LocalRuntime(Runtime):
         self._stopping = False
         self._exit_reason: str | None = None
         self._terminate_lock = threading.Lock()
+        self._startup_code = None  # () -> code the kernel runs as it starts (see run_at_start)
 
     @property
     def id(self) -> str:
@@ -84,19 +134,35 @@ class LocalRuntime(Runtime):
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def run_at_start(self, code) -> bool:
+        """dlexec's own kernel runs ``code()`` as it starts, and again after a restart, from a
+        startup file in its private directory (ipykernel's ``exec_files``); a named kernel
+        (which may not be ipykernel) does not, nor one given startup files of its own."""
+        if self.kernel_name is not None or any("exec_files" in argument for argument in self.extra_arguments):
+            return False
+        self._startup_code = code
+        return True
+
+    def _write_startup_file(self) -> list[str]:
+        """The startup file, written afresh (the worker's settings as they are now); its kernel argument."""
+        if self._startup_code is None:
+            return []
+        path = os.path.join(self._dir, _STARTUP_FILE)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self._startup_code())
+        return [f"--IPKernelApp.exec_files={path}"]
+
     def start(self, timeout: float = 60.0) -> None:
         self._dir = tempfile.mkdtemp(prefix="dlexec-")  # mode 0700
         self._log_path = os.path.join(self._dir, "kernel.log")
         transport, ip = ("ipc", os.path.join(self._dir, "kernel")) if hasattr(os, "fork") else ("tcp", "127.0.0.1")
         km = KernelManager(
-            kernel_name=self.kernel_name,
+            kernel_name=OWN_KERNEL if self.kernel_name is None else self.kernel_name,
+            kernel_spec_manager=_KernelSpecs(),
             transport=transport,
             ip=ip,
             connection_file=os.path.join(self._dir, "connection.json"),
-            # The process-wide context, never one per kernel: a context that the garbage
-            # collector finalizes while one of its sockets is still open blocks forever in
-            # zmq_ctx_term (a KernelManager in a reference cycle does exactly that).
-            context=zmq.Context.instance(),
+            context=_zmq_context(),
         )
         self._km = km
         env = dict(os.environ if self.env is None else self.env)
@@ -105,7 +171,7 @@ class LocalRuntime(Runtime):
         self._log = open(self._log_path, "ab")  # noqa: SIM115 - kept open for restarts
         try:
             km.start_kernel(
-                extra_arguments=[*KERNEL_ARGUMENTS, *self.extra_arguments],
+                extra_arguments=[*KERNEL_ARGUMENTS, *self._write_startup_file(), *self.extra_arguments],
                 env=env,
                 cwd=self.cwd or os.getcwd(),
                 stdout=self._log,
@@ -113,7 +179,8 @@ class LocalRuntime(Runtime):
             )
         except Exception as exc:
             self.terminate()
-            raise RuntimeStartError(f"could not start a local kernel ({self.kernel_name!r}): {exc}") from exc
+            name = self.kernel_name or OWN_KERNEL
+            raise RuntimeStartError(f"could not start a local kernel ({name!r}): {exc}") from exc
         self._session = km.session
         self._sockets = {
             "shell": km.connect_shell(identity=km.session.bsession),
@@ -148,6 +215,7 @@ class LocalRuntime(Runtime):
             raise RuntimeStartError("the kernel was never started")
         self._restarting = True  # the old process's exit is not a death
         try:
+            self._write_startup_file()  # the same path, with the settings as they are now
             self._km.restart_kernel(now=True)
         except Exception as exc:
             raise RuntimeStartError(f"could not restart kernel {self.id}: {exc}") from exc
