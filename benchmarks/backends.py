@@ -169,14 +169,16 @@ def bare_local(calls: int) -> float:
                 km.shutdown_kernel(now=True)
 
 
-def bare_websocket(base_url: str, token: str, calls: int) -> float:
+def bare_websocket(base_url: str, token: str, calls: int, ingress: bool = False) -> float:
     """Median ms of ``kernel_info_request`` round trips over a Jupyter Server's kernel WebSocket
-    (default JSON protocol), to a kernel started and deleted here through the REST API."""
+    (default JSON protocol), to a kernel started and deleted here through the REST API. With
+    ``ingress``, authenticated as a Datalayer runtime's ingress requires (Bearer on HTTP, the
+    token as a query parameter on the WebSocket)."""
     import requests
     from websockets.sync.client import connect
 
     http = requests.Session()
-    http.headers["Authorization"] = f"token {token}"
+    http.headers["Authorization"] = f"Bearer {token}" if ingress else f"token {token}"
     kernel_id = None
     try:
         deadline = time.monotonic() + 120
@@ -190,8 +192,12 @@ def bare_websocket(base_url: str, token: str, calls: int) -> float:
         parts = urllib.parse.urlsplit(base_url)
         session = uuid.uuid4().hex
         ws_url = f"ws://{parts.netloc}{parts.path}/api/kernels/{kernel_id}/channels?session_id={session}"
+        ws_headers = {"Authorization": f"token {token}"}
+        if ingress:
+            ws_url += "&" + urllib.parse.urlencode({"token": token})
+            ws_headers = {}
         sock = _connect_tcp(parts.hostname, parts.port, 60)  # dlexec's socket: quick ACKs, no Nagle
-        with connect(ws_url, sock=sock, additional_headers={"Authorization": f"token {token}"},
+        with connect(ws_url, sock=sock, additional_headers=ws_headers,
                      max_size=None, compression=None, open_timeout=60) as ws:
             track()
 
@@ -236,7 +242,7 @@ def bare_datalayer(standin, calls: int) -> float:
     response.raise_for_status()
     runtime = response.json()["runtime"]
     try:
-        return bare_websocket(runtime["ingress"], runtime["token"], calls)
+        return bare_websocket(runtime["ingress"], runtime["token"], calls, ingress=True)
     finally:
         requests.delete(f"{api}/{runtime['pod_name']}", headers=headers, timeout=60)
 
@@ -449,7 +455,8 @@ def header(args, names) -> str:
         f"# dlexec backends benchmark, {datetime.datetime.now().isoformat(timespec='seconds')}",
         "",
         f"- platform: {platform.platform()}, {os.cpu_count()} CPUs",
-        f"- Python {platform.python_version()}, {libs}, dlexec {version('dlexec')}{' ' + args.checkout if args.checkout else ''}",
+        f"- Python {platform.python_version()}, {libs}, dlexec {version('dlexec')}"
+        f"{' ' + args.checkout if args.checkout else ''}",
         (f"- backends: {', '.join(TITLES[n] for n in names)}; {args.workers} workers per executor; "
          "figures are medians"),
         ("- the jupyter and datalayer stand-in figures are measured over loopback (127.0.0.1), on this "
