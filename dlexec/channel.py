@@ -29,7 +29,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from . import serialization, worker
+from . import _threads, serialization, worker
 from .errors import RuntimeStartError, WorkerLostError
 from .runtimes.base import Runtime
 
@@ -465,7 +465,7 @@ class KernelChannel:
             timer.daemon = True
             timer.name = f"dlexec-output-wait-{self.runtime.id}"
             try:
-                timer.start()
+                _threads.start(timer)
             except BaseException:  # noqa: BLE001 - no thread to wait with: do not wait
                 _log.warning("dlexec: could not start a timer thread; a result is handed over without waiting "
                              "for its output", exc_info=True)

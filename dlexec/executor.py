@@ -47,7 +47,7 @@ from concurrent.futures.process import _chain_from_iterable_of_lists, _get_chunk
 from functools import partial
 from typing import Any, Callable
 
-from . import serialization
+from . import _threads, serialization
 from .callables import CallableCache
 from .errors import InitializerFailed, TerminatedBySignal, WorkerLostError
 from .futures import TaskFuture
@@ -436,7 +436,7 @@ class _Pool:
         self.workers.append(worker)
         self.history.append(worker)
         worker.thread = threading.Thread(target=self._run_start, args=(worker,), name=worker.name, daemon=True)
-        worker.thread.start()
+        _threads.start(worker.thread)
 
     # -- worker life ------------------------------------------------------------------------
 
@@ -584,7 +584,7 @@ class _Pool:
             self._dispatch()
             self.changed.notify_all()
         if retire:
-            threading.Thread(target=worker.service.terminate, daemon=True).start()
+            _threads.start(threading.Thread(target=worker.service.terminate, daemon=True))
 
     def _on_lost(self, worker: _Worker, reason: str) -> None:
         """A kernel died (I/O thread): see :meth:`_handle_loss`. If even that fails, the pool
@@ -638,7 +638,7 @@ class _Pool:
                 f"this task was running on {deaths} runtime{'s' if deaths > 1 else ''} that died "
                 f"(max_retries={item.max_retries}), so it is the likely cause; the last: {reason}",
                 runtime_id=worker.runtime_id, reason=reason))
-        threading.Thread(target=worker.service.terminate, daemon=True).start()
+        _threads.start(threading.Thread(target=worker.service.terminate, daemon=True))
 
     def _requeue(self, item: _WorkItem, solo: bool = False) -> None:
         """Put an item whose kernel went away back at the front of the queue (lock held)."""
@@ -677,7 +677,7 @@ class _Pool:
         """Start the watchdog if it is not running (lock held)."""
         if self._watchdog is None or not self._watchdog.is_alive():
             self._watchdog = threading.Thread(target=self._watch_loop, name="dlexec-watchdog", daemon=True)
-            self._watchdog.start()
+            _threads.start(self._watchdog)
 
     def _watch_loop(self) -> None:
         """Restart kernels that ignore a stop or a timeout; retire runtimes about to expire.
@@ -711,7 +711,7 @@ class _Pool:
                 for worker in stuck:
                     if worker.state == "ready" or worker.state == "retiring":
                         worker.state = "restarting"
-                        threading.Thread(target=self._restart, args=(worker,), daemon=True).start()
+                        _threads.start(threading.Thread(target=self._restart, args=(worker,), daemon=True))
                 self._dispatch()  # also retires runtimes about to expire
                 watching = any(item.timeout is not None or item.stop_requested is not None
                                for w in self.workers for b in w.inflight for item in b.items.values())
@@ -778,7 +778,7 @@ class _Pool:
                 if not worker.inflight:
                     worker.state = "stopped"
                     self.workers.remove(worker)
-                    threading.Thread(target=worker.service.terminate, daemon=True).start()
+                    _threads.start(threading.Thread(target=worker.service.terminate, daemon=True))
             self._dispatch()
 
     def _retire_idle(self) -> None:
@@ -790,7 +790,7 @@ class _Pool:
             if worker.state == "ready" and not worker.inflight and worker.idle_since < limit:
                 worker.state = "stopped"
                 self.workers.remove(worker)
-                threading.Thread(target=worker.service.terminate, daemon=True).start()
+                _threads.start(threading.Thread(target=worker.service.terminate, daemon=True))
 
     def _retire_expiring(self) -> None:
         """Give no new work to runtimes whose reservation ends within ``expiry_margin`` (lock held)."""
@@ -802,7 +802,7 @@ class _Pool:
                 if not worker.inflight:
                     worker.state = "stopped"
                     self.workers.remove(worker)
-                    threading.Thread(target=worker.service.terminate, daemon=True).start()
+                    _threads.start(threading.Thread(target=worker.service.terminate, daemon=True))
             elif worker.expires_at is not None and worker.state in ("ready", "retiring"):
                 self._watch()
 
@@ -822,7 +822,7 @@ class _Pool:
             if worker.state != "starting":
                 worker.state = "stopped"
         self.changed.notify_all()
-        threading.Thread(target=self._fail_and_stop, args=(items, workers, error), daemon=True).start()
+        _threads.start(threading.Thread(target=self._fail_and_stop, args=(items, workers, error), daemon=True))
 
     def _fail_and_stop(self, items, workers, error) -> None:
         for item in items:
@@ -843,7 +843,7 @@ class _Pool:
                 self.pending.clear()
             if self._finisher is None:
                 self._finisher = threading.Thread(target=self._finish, name="dlexec-shutdown", daemon=True)
-                self._finisher.start()
+                _threads.start(self._finisher)
             finisher = self._finisher
             self.changed.notify_all()
         _cancel(cancelled)  # outside the lock: the futures' callbacks may call back into the executor
@@ -1038,7 +1038,7 @@ def _terminate_all(workers) -> None:
     """Stop the workers' kernels in parallel (remote ones take a request each)."""
     threads = [threading.Thread(target=w.service.terminate, daemon=True) for w in workers if w.service is not None]
     for thread in threads:
-        thread.start()
+        _threads.start(thread)
     for thread in threads:
         thread.join(30)
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
-from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
+
+#: The longest a wait in ``result()``/``exception()`` sleeps before Python looks at its signals:
+#: a Ctrl-C that another thread of the program received is acted on within this time.
+_WAKE = 0.25
 
 
 class TaskFuture(Future):
@@ -41,6 +46,28 @@ class TaskFuture(Future):
         if self.cancel():
             return True
         return self._interrupt() if self._interrupt is not None else False
+
+    def result(self, timeout: float | None = None):
+        self._wait(timeout)
+        return super().result(timeout=0)  # done, cancelled, or the standard TimeoutError
+
+    def exception(self, timeout: float | None = None):
+        self._wait(timeout)
+        return super().exception(timeout=0)
+
+    result.__doc__, exception.__doc__ = Future.result.__doc__, Future.exception.__doc__
+
+    def _wait(self, timeout: float | None) -> None:
+        """Wait until done or ``timeout``, in slices: a signal that another thread received
+        (Python runs handlers in the main thread only, and only once it wakes) is handled
+        within ``_WAKE`` seconds, so Ctrl-C always interrupts ``result()``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._condition:
+            while self._state not in (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED):
+                left = _WAKE if deadline is None else min(_WAKE, deadline - time.monotonic())
+                if left <= 0:
+                    return
+                self._condition.wait(left)
 
     def _set_cancelled(self) -> bool:
         """Move a running future to cancelled (``cancel()`` refuses running ones)."""

@@ -106,6 +106,8 @@ import time
 import warnings
 from typing import Any
 
+from . import _threads
+
 #: The name the backend is registered under: ``parallel_config(backend="datalayer")``.
 JOBLIB_BACKEND_NAME = "datalayer"
 
@@ -571,7 +573,7 @@ def _done_callback(callback):
 
     def done(future):
         if future.cancelled():
-            threading.Thread(target=callback, args=(future,), name="dlexec-joblib-cancel", daemon=True).start()
+            _threads.start(threading.Thread(target=callback, args=(future,), name="dlexec-joblib-cancel", daemon=True))
             return
         exc = future.exception()
         if exc is None:

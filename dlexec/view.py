@@ -31,6 +31,8 @@ import time
 import weakref
 from typing import Any, Callable, Iterator
 
+from . import _threads
+
 from .stats import MapProgress, executor_html
 
 UPDATE_HZ = 4
@@ -191,7 +193,7 @@ class _Monitor:
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
                 self._thread = threading.Thread(target=self._run, args=(pool,), name="dlexec-view", daemon=True)
-                self._thread.start()
+                _threads.start(self._thread)
 
     def join(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the thread to end (after the executor's shutdown,

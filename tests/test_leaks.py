@@ -133,6 +133,46 @@ with DatalayerExecutor(2) as ex:
     assert wait_gone(pids, timeout=5) == []
 
 
+def test_ctrl_c_interrupts_result_when_another_thread_received_it(tmp_path):
+    # Linux gives a process's SIGINT to any thread that does not block it, and Python acts on it
+    # only in the main thread, once that wakes. The main thread blocks SIGINT here, so that the
+    # user's thread is the one that gets it (as happened at random to dlexec's own threads, which
+    # now block it): result() still raises KeyboardInterrupt, not after the 60 s task.
+    process = _start(PRELUDE + """
+import signal, threading
+with DatalayerExecutor(1) as ex:
+    show(ex)
+    future = ex.submit(time.sleep, 60)
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    print("WAITING", flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
+    future.result()
+""", tmp_path)
+    try:
+        lines = _read_until(process, ("WAITING",))
+        pids = kernel_pids("\n".join(lines))
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert "KeyboardInterrupt" in err
+    assert wait_gone(pids, timeout=5) == []
+
+
+def test_dlexec_threads_leave_signals_to_the_main_thread():
+    import signal
+    import threading
+
+    from dlexec import _threads
+
+    masks = []
+    thread = _threads.spawn(lambda: masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, ())))
+    thread.join(10)
+    assert {signal.SIGINT, signal.SIGTERM} <= masks[0]
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, ())  # the caller's mask is restored
+    assert threading.current_thread() is threading.main_thread()
+
+
 def _start(code: str, tmp_path) -> subprocess.Popen:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(code))

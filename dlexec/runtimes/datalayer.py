@@ -31,6 +31,7 @@ import threading
 import time
 import warnings
 
+from .. import _threads
 from ..datalayer import DatalayerClient, DatalayerError, check_time_reservation, terminate_command
 from ..errors import RuntimeStartError
 from .base import Runtime
@@ -306,7 +307,7 @@ def _delete_owned_at_exit() -> None:
         runtime.terminate()  # only marks it: returns at once
     threads = [threading.Thread(target=r.terminate, daemon=True) for r in runtimes]
     for thread in threads:
-        thread.start()
+        _threads.start(thread)
     deadline = time.monotonic() + EXIT_CREATE_WAIT
     for runtime in creating:
         runtime._create_done.wait(max(0.0, deadline - time.monotonic()))
@@ -317,7 +318,7 @@ def _delete_owned_at_exit() -> None:
     threads += [threading.Thread(target=r.client.abandon_create, args=(r.given_name,), daemon=True)
                 for r in unanswered]
     for thread in threads[len(runtimes):]:
-        thread.start()
+        _threads.start(thread)
     deadline = time.monotonic() + 60
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))

@@ -34,6 +34,7 @@ import urllib.parse
 import requests
 from jupyter_client.session import Session
 
+from .. import _threads
 from ..errors import RuntimeStartError
 from ..secrets import SECRET_HEADERS, RedactingLogger, SecretSession, check_token, check_transport, redact
 from .base import Runtime
@@ -184,7 +185,7 @@ class JupyterServerRuntime(Runtime):
         self.subprotocol = self._ws.subprotocol
         for target, name in ((self._receive_loop, "recv"), (self._send_loop, "send")):
             thread = threading.Thread(target=target, name=f"dlexec-ws-{name}-{self.name}", daemon=True)
-            thread.start()
+            _threads.start(thread)
             self._threads.append(thread)
 
     def message(self, msg_type: str, content: dict, metadata: dict | None = None) -> dict:

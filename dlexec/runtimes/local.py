@@ -34,6 +34,7 @@ import zmq
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 
+from .. import _threads
 from .base import Runtime, RuntimeStartError
 
 _log = logging.getLogger("dlexec")
@@ -190,7 +191,7 @@ class LocalRuntime(Runtime):
         for sock in self._sockets.values():
             sock.linger = 0
         self._thread = threading.Thread(target=self._io_loop, name=f"dlexec-io-{self.name}", daemon=True)
-        self._thread.start()
+        _threads.start(self._thread)
 
     def message(self, msg_type: str, content: dict, metadata: dict | None = None) -> dict:
         return self._session.msg(msg_type, content, metadata=metadata)
