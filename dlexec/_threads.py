@@ -5,11 +5,14 @@ not block it. Python runs its handlers in the main thread only, and a main threa
 ``future.result()`` or ``time.sleep()`` is woken only if the signal was given to it: when one of
 dlexec's threads (a kernel's I/O thread, say) took it, Ctrl-C did nothing until the wait ended.
 So every thread dlexec starts blocks SIGINT and SIGTERM (as libzmq's own threads block every
-signal), and the kernel gives them to the main thread.
+signal), and the kernel gives them to the main thread. A process inherits the mask of the
+thread that starts it, so kernels are started with :func:`signals_unblocked` (a kernel is
+interrupted with SIGINT).
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
@@ -32,3 +35,17 @@ def start(thread: threading.Thread) -> threading.Thread:
 def spawn(target, *args, name: str | None = None) -> threading.Thread:
     """A started daemon thread running ``target(*args)``, signals blocked (see :func:`start`)."""
     return start(threading.Thread(target=target, args=args, name=name, daemon=True))
+
+
+@contextlib.contextmanager
+def signals_unblocked():
+    """SIGINT and SIGTERM unblocked in this thread meanwhile: for starting a child process,
+    which inherits the mask (a local kernel must receive SIGINT, its interrupt)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -173,6 +173,19 @@ def test_dlexec_threads_leave_signals_to_the_main_thread():
     assert threading.current_thread() is threading.main_thread()
 
 
+def test_kernels_get_sigint_and_sigterm_though_dlexec_threads_block_them():
+    # A process inherits the signal mask of the thread that starts it: a kernel started from a
+    # dlexec thread must not inherit SIGINT blocked (its interrupt) nor SIGTERM (its shutdown).
+    import signal
+
+    from dlexec import DatalayerExecutor
+
+    with DatalayerExecutor(1, max_tasks_per_child=1) as ex:
+        for _ in range(2):  # the second task runs in the kernel that replaced the first
+            masked = ex.submit(signal.pthread_sigmask, signal.SIG_BLOCK, ()).result()
+            assert not {signal.SIGINT, signal.SIGTERM} & masked
+
+
 def _start(code: str, tmp_path) -> subprocess.Popen:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(code))

@@ -171,13 +171,14 @@ class LocalRuntime(Runtime):
         env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # debugpy's frozen-modules warning
         self._log = open(self._log_path, "ab")  # noqa: SIM115 - kept open for restarts
         try:
-            km.start_kernel(
-                extra_arguments=[*KERNEL_ARGUMENTS, *self._write_startup_file(), *self.extra_arguments],
-                env=env,
-                cwd=self.cwd or os.getcwd(),
-                stdout=self._log,
-                stderr=self._log,
-            )
+            with _threads.signals_unblocked():  # the kernel inherits this thread's mask: it must get SIGINT
+                km.start_kernel(
+                    extra_arguments=[*KERNEL_ARGUMENTS, *self._write_startup_file(), *self.extra_arguments],
+                    env=env,
+                    cwd=self.cwd or os.getcwd(),
+                    stdout=self._log,
+                    stderr=self._log,
+                )
         except Exception as exc:
             self.terminate()
             name = self.kernel_name or OWN_KERNEL
@@ -217,7 +218,8 @@ class LocalRuntime(Runtime):
         self._restarting = True  # the old process's exit is not a death
         try:
             self._write_startup_file()  # the same path, with the settings as they are now
-            self._km.restart_kernel(now=True)
+            with _threads.signals_unblocked():
+                self._km.restart_kernel(now=True)
         except Exception as exc:
             raise RuntimeStartError(f"could not restart kernel {self.id}: {exc}") from exc
         finally:
