@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,13 @@ import pytest
 import dlexec
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A command started in the background by a non-interactive shell (`cmd &` in a script, as CI
+# and scripts do) inherits SIGINT ignored, and so would every script the tests start and then
+# interrupt: Python installs its KeyboardInterrupt handler only where SIGINT is not ignored.
+# Give the tests' processes what a terminal gives them (the process exits on SIGINT as before).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 EXIT_DEADLINE = 300  # seconds the test process may take to exit after the last test
 
 
