@@ -115,11 +115,12 @@ else:
 
 def user_frames(text: str) -> str:
     """The traceback text without the frames that differ between a local call and a remote
-    one: the script's own (``run`` and the top level), and ``Future.result()``'s."""
+    one: the script's own (``run`` and the top level), and ``Future.result()``'s (``TaskFuture``'s too)."""
     kept, skipping = [], False
     for line in text.splitlines():
         if line.startswith("  File "):
-            skipping = line.endswith(("in <module>", "in run")) or "concurrent/futures/_base.py" in line
+            skipping = line.endswith(("in <module>", "in run")) or any(
+                future in line for future in ("concurrent/futures/_base.py", "dlexec/futures.py"))
         elif not line.startswith("    "):
             skipping = False
         if not skipping:
