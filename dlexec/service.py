@@ -221,6 +221,10 @@ class RuntimeService:
         self._start_timeout = start_timeout
         # Which of the user's modules may travel to a remote runtime (dlexec.modules).
         self._ship_modules = check_ship_modules(runtime_options.pop("ship_modules", True))
+        # A callable (name) -> Runtime that builds the runtime instead of the backend (tests' fakes).
+        self._runtime_factory = runtime_options.pop("runtime_factory", None)
+        if self._runtime_factory is not None and not callable(self._runtime_factory):
+            raise TypeError("runtime_factory must be a callable (name) -> dlexec.runtimes.Runtime")
         self._runtime_options = runtime_options
         self._channel: KernelChannel | None = None
         self._finalizer: weakref.finalize | None = None
@@ -259,7 +263,7 @@ class RuntimeService:
                 raise TypeError(f"{reserved!r} is not a runtime option here: the executor sets it for each runtime "
                                 "(use DatalayerExecutor's own argument, if it has one)")
         probe = cls("dlexec-options-check", backend=backend, **options)
-        if probe._backend != "datalayer":  # (the constructor checked a Datalayer runtime already)
+        if probe._backend != "datalayer" and probe._runtime_factory is None:  # (the constructor checked a Datalayer runtime already)
             runtime = create_runtime(probe._backend, probe.name, **probe._backend_options())
             runtime.terminate()  # never started: this only frees what the constructor holds
 
@@ -311,7 +315,10 @@ class RuntimeService:
             return self
         with self._state_lock:
             self._starting, self._terminated = True, False
-        runtime = create_runtime(self._backend, self._model.name, **self._backend_options())
+        if self._runtime_factory is not None:
+            runtime = self._runtime_factory(self._model.name)
+        else:
+            runtime = create_runtime(self._backend, self._model.name, **self._backend_options())
         channel = KernelChannel(runtime)
         with self._state_lock:
             self._starting = False
