@@ -1,21 +1,22 @@
-"""Requests and replies over one :class:`~dlexec.runtimes.base.Runtime`.
+"""Requests and replies over one :class:`~dlexec.runtimes.base.Runtime`: routing only.
 
 :class:`KernelChannel` matches replies and IOPub output to the request that caused them,
 for the two kinds of request dlexec makes:
 
 * ``execute_request``: code run by IPython, its outputs collected nbformat-style
   (what :class:`dlexec.RuntimeService` needs);
-* ``dlexec_request``: one of the worker's operations (:mod:`dlexec.worker`), with the
-  payload in binary buffers; this is how tasks travel.
+* ``dlexec_request``: one of the worker's operations (:mod:`dlexec.kernel.worker`), with
+  the payload in binary buffers; this is how tasks travel.
 
-It also installs the worker in the kernel (:meth:`KernelChannel.start`), and fails every
-pending request when the kernel dies.
+It fails every pending request when the kernel dies. Starting the kernel and installing
+the worker is :class:`dlexec.session.KernelSession`'s job.
 
 A request's output (IOPub) and its replies (shell) travel apart, so a reply can arrive
 before the output that its tasks printed. A ``dlexec_reply`` says how much its request has
-printed (``printed``: characters on stdout and stderr); such a reply is held until that much
-output has been echoed here, or for ``OUTPUT_WAIT`` seconds at most, so that a task's output
-is on the caller's stdout before its future completes. Replies of requests that print
+printed (``printed``: characters on stdout and stderr); such a reply, and every reply after
+it, goes to :class:`_InOrder`, whose thread hands them over in the kernel's order once that
+much output has been echoed here, or after ``OUTPUT_WAIT`` seconds at most, so that a task's
+output is on the caller's stdout before its future completes. Replies of requests that print
 nothing take no detour.
 """
 
@@ -26,53 +27,22 @@ import sys
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Callable
 
-from . import _threads, serialization, worker
+from . import _threads, serialization
 from .errors import RuntimeStartError, WorkerLostError
+from .kernel.wire import REPLY, REQUEST
 from .runtimes.base import Runtime
 
 _log = logging.getLogger("dlexec")
 
 #: Seconds a reply waits at most for the output its request printed (see the module's doc).
 OUTPUT_WAIT = 1.0
+#: Seconds the thread that hands held replies over stays when it has none.
+_IDLE = 5.0
 
 #: How a Jupyter Server says it dropped output (its IOPub rate limits): nothing more will come.
 _RATE_LIMITED = ("IOPub data rate exceeded", "IOPub message rate exceeded")
-
-_SOURCES = (
-    ("_dlexec_serialization", Path(serialization.__file__)),
-    ("_dlexec_worker", Path(worker.__file__)),
-)
-
-# Run by the kernel, from a startup file or an execute_request. If the worker cannot be
-# installed (no dill in the kernel...), every dlexec request is answered with the error, so
-# that the client's first one (``info``) reports it rather than waiting for an answer.
-_BOOTSTRAP = """\
-def __dlexec_bootstrap(sources, settings):
-    import sys, types
-    try:
-        for name, source in sources:
-            module = types.ModuleType(name)
-            module.__file__ = "<" + name + ">"
-            sys.modules[name] = module
-            exec(compile(source, module.__file__, "exec"), module.__dict__)
-        sys.modules["_dlexec_worker"].install(settings)
-    except BaseException as exc:
-        error = type(exc).__name__ + ": " + str(exc)
-        kernel = get_ipython().kernel
-
-        def refuse(stream, idents, msg):
-            kernel.session.send(stream, {reply!r}, {{"status": "error", "error": error, "final": True}},
-                                parent=msg, ident=idents)
-
-        kernel.shell_handlers[{request!r}] = refuse
-try:
-    __dlexec_bootstrap({sources!r}, {settings!r})
-finally:
-    del __dlexec_bootstrap
-"""
 
 
 class _Request:
@@ -102,97 +72,11 @@ class KernelChannel:
         self.digests = not runtime.shares_files
         self._pending: dict[str, _Request] = {}
         self._lock = threading.Lock()
-        # Replies waiting for their output, in arrival order: (parent id, request, reply, deadline);
-        # see _hold. The lock guards these and the requests' counts, never a reply's handling.
-        self._held: deque = deque()
-        self._held_lock = threading.Lock()
-        self._held_idle = threading.Condition(self._held_lock)  # notified when no thread hands replies over
-        self._handing_over = False  # a thread is handing held replies over (one at a time, in order)
-        self._held_expired = False  # the kernel has gone: hand everything over, wait for nothing
-        self._held_timer: threading.Timer | None = None
+        self._in_order = _InOrder(self._deliver, f"dlexec-replies-{runtime.id}")
         self._exit_callbacks: list[Callable[[str], None]] = []
-        self._iopub_ready = threading.Event()  # IOPub is connected: see wait_ready
+        self.iopub_ready = threading.Event()  # IOPub is connected: see KernelSession.wait_ready
         runtime.on_message = self._on_message
         runtime.on_exit = self._on_exit
-
-    # -- start ------------------------------------------------------------------------------
-
-    def start(self, timeout: float) -> None:
-        """Start the kernel, wait until it answers, install the worker and read its versions.
-
-        A backend that can run code as the kernel starts (a local kernel) installs the worker
-        then: one round trip fewer, and no IPython execution."""
-        self._installed_at_start = self.runtime.run_at_start(self.bootstrap_code)
-        self.runtime.start(timeout)
-        try:
-            # Then the worker's versions come with the kernel's first answer, not a round trip later.
-            info = self.call_later("info") if self._installed_at_start else None
-            self.wait_ready(timeout)
-            self.install_worker(timeout, info)
-        except BaseException:
-            self.runtime.terminate()
-            raise
-
-    _installed_at_start = False
-
-    def bootstrap_code(self) -> str:
-        """The code that installs the worker: its source and this runtime's settings."""
-        sources = [(name, path.read_text()) for name, path in _SOURCES]
-        return _BOOTSTRAP.format(sources=sources, settings=self.runtime.worker_settings(), request=worker.REQUEST,
-                                 reply=worker.REPLY)
-
-    def install_worker(self, timeout: float, info=None) -> None:
-        """Ship the worker's source into the kernel and register its handler (unless the
-        kernel did at its start), then check the versions it reports (``info``: the wait of an
-        ``info`` request already sent)."""
-        if not self._installed_at_start:
-            reply, _ = self.execute(self.bootstrap_code(), timeout=timeout, silent=True, store_history=False)
-            if reply.get("status") != "ok":
-                self._not_installed(f"{reply.get('ename')}: {reply.get('evalue')}")
-        try:
-            info, _ = (info or self.call_later("info"))(timeout)
-        except TimeoutError:
-            if not self._installed_at_start:
-                raise
-            self._not_installed(f"it did not answer dlexec's first request within {timeout:g} s (the worker should "
-                                "have been installed as it started)")
-        if info.get("status") == "error":
-            self._not_installed(info.get("error") or "unknown error")
-        self.info = info
-        check_versions(self.info, self.runtime.id)
-
-    def _not_installed(self, why: str):
-        raise RuntimeStartError(
-            f"could not install the dlexec worker in kernel {self.runtime.id}: {why}. The kernel's environment "
-            "needs dill and tblib (pip install dill tblib)."
-        )
-
-    def wait_ready(self, timeout: float) -> None:
-        """Wait for a ``kernel_info_reply`` and for IOPub to be connected: its welcome message
-        (ipykernel >= 7 greets each subscriber, JEP 65), or an IOPub message about our request."""
-        iopub_seen = self._iopub_ready
-        deadline = _Deadline(timeout)
-        while True:
-            replied = threading.Event()
-
-            def on_output(msg):
-                iopub_seen.set()
-                return False
-
-            self.request(
-                "shell",
-                "kernel_info_request",
-                {},
-                on_reply=lambda msg: replied.set() or True,
-                on_output=on_output,
-            )
-            if replied.wait(min(1.0, deadline.left())) and iopub_seen.wait(min(0.2, deadline.left())):
-                return
-            self._raise_if_dead()
-            if deadline.expired():
-                raise RuntimeStartError(
-                    f"kernel {self.runtime.id} did not answer within {timeout:g} s"
-                )
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -214,7 +98,7 @@ class KernelChannel:
         request ends there: ``on_error(exception)`` is called (else ``on_lost`` with a reason),
         and the I/O thread goes on with the next message.
         """
-        if msg_type == worker.REQUEST:
+        if msg_type == REQUEST:
             layout, buffers = serialization.pack(buffers)
             if layout:
                 content = {**content, "layout": layout}
@@ -231,7 +115,7 @@ class KernelChannel:
         except BaseException:
             with self._lock:
                 self._pending.pop(msg_id, None)
-            self._raise_if_dead()
+            self.raise_if_dead()
             raise
         return msg_id
 
@@ -258,7 +142,7 @@ class KernelChannel:
             done.set()
 
         self.request(
-            "shell", worker.REQUEST, {"op": op, **(content or {})}, frames, on_reply=on_reply, on_lost=on_lost,
+            "shell", REQUEST, {"op": op, **(content or {})}, frames, on_reply=on_reply, on_lost=on_lost,
             on_error=on_error,
         )
 
@@ -370,11 +254,11 @@ class KernelChannel:
             elif msg["header"]["msg_type"] == "stream":
                 _echo_stream(msg["content"])
                 if request is not None:
-                    self._output_echoed(parent_id, request, msg["content"])
+                    self._in_order.count_output(request, msg["content"])
             elif msg["header"]["msg_type"] == "iopub_welcome":
-                self._iopub_ready.set()
+                self.iopub_ready.set()
             return
-        if self.digests and msg["header"]["msg_type"] == worker.REPLY:
+        if self.digests and msg["header"]["msg_type"] == REPLY:
             try:  # before anything of it is unpickled
                 serialization.check_digests(msg["content"], msg.get("buffers") or (), required=True, what="reply")
             except serialization.DigestMismatchError as exc:  # the request fails with this error
@@ -385,105 +269,15 @@ class KernelChannel:
             msg["buffers"] = serialization.unpack(msg["content"]["layout"], msg["buffers"])
         if request is None:
             return
-        if self._held or msg["content"].get("printed"):
-            self._hold(parent_id, request, msg)
+        if self._in_order.busy or msg["content"].get("printed"):
+            self._in_order.hold(parent_id, request, msg)
         elif request.on_reply(msg):
             with self._lock:
                 self._pending.pop(parent_id, None)
 
-    # -- output before results --------------------------------------------------------------
-    #
-    # A reply that says its request printed more than has been echoed so far is held, and so
-    # is every reply after it (the kernel's order is kept). They are handed over as the output
-    # arrives (by the I/O thread) or when the first one has waited OUTPUT_WAIT (by a timer),
-    # by one thread at a time, in order, without holding _held_lock (a reply's handling takes
-    # the executor's lock). A reply stays first in _held while it is handed over, so that the
-    # I/O thread does not take the fast path meanwhile.
-
-    def _output_echoed(self, parent_id: str, request: _Request, content: dict) -> None:
-        """Count a request's output (I/O thread); hand over the replies that waited for it."""
-        index = 1 if content.get("name") == "stderr" else 0
-        text = content.get("text", "")
-        with self._held_lock:
-            if request.echoed is None:
-                request.echoed = [0, 0]
-            request.echoed[index] += len(text)
-            if index and text.startswith(_RATE_LIMITED):
-                request.dropped = True
-            waiting = bool(self._held)
-        if waiting:
-            self._release()
-
-    def _hold(self, parent_id: str, request: _Request, msg: dict) -> None:
-        """Hold a reply until its request's output has arrived, behind those already held (I/O thread)."""
-        with self._held_lock:
-            self._held.append((parent_id, request, msg, time.monotonic() + OUTPUT_WAIT))
-        self._release()
-
-    def _release(self) -> None:
-        """Hand over the held replies, in order, up to the first one that must wait (the timer
-        is set for it). Returns at once if another thread is handing them over: it goes on
-        with what this thread would have handed over."""
-        with self._held_lock:
-            if self._handing_over:
-                return
-            self._handing_over = True
-        try:
-            while True:
-                with self._held_lock:
-                    head = self._releasable()
-                    if head is None:
-                        self._handing_over = False
-                        self._held_idle.notify_all()
-                        return
-                parent_id, request, msg, _ = head
-                if not request.done:
-                    self._deliver(parent_id, request, msg)
-                with self._held_lock:
-                    self._held.popleft()
-        except BaseException:
-            with self._held_lock:
-                self._handing_over = False
-                self._held_idle.notify_all()
-            raise
-
-    def _releasable(self):
-        """(lock held) The first held reply if it can be handed over now; else None, with the
-        timer set for it."""
-        if not self._held:
-            if self._held_timer is not None:
-                self._held_timer.cancel()
-                self._held_timer = None
-            return None
-        head = self._held[0]
-        _, request, msg, deadline = head
-        left = deadline - time.monotonic()
-        if self._held_expired or request.done or request.dropped or left <= 0 or _caught_up(request, msg):
-            return head
-        if self._held_timer is None:
-            timer = threading.Timer(left, self._on_wait_over)
-            timer.daemon = True
-            timer.name = f"dlexec-output-wait-{self.runtime.id}"
-            try:
-                _threads.start(timer)
-            except BaseException:  # noqa: BLE001 - no thread to wait with: do not wait
-                _log.warning("dlexec: could not start a timer thread; a result is handed over without waiting "
-                             "for its output", exc_info=True)
-                return head
-            self._held_timer = timer
-        return None
-
-    def _on_wait_over(self) -> None:
-        """The first held reply may have waited long enough (timer thread)."""
-        try:
-            with self._held_lock:
-                self._held_timer = None
-            self._release()
-        except BaseException:  # noqa: BLE001 - the timer thread never ends with an error (_deliver fails requests)
-            _log.exception("dlexec: error while handing over the replies of kernel %s", self.runtime.id)
-
     def _deliver(self, parent_id: str, request: _Request, msg: dict) -> None:
-        """One held reply to its request; whatever it raises ends the request, as in _on_message."""
+        """One held reply to its request (thread of _InOrder); whatever it raises ends the
+        request, as in _on_message."""
         try:
             complete = request.on_reply(msg)
         except BaseException as exc:  # noqa: BLE001 - SystemExit from an unpickled reply too
@@ -499,11 +293,7 @@ class KernelChannel:
             self.exit_reason = reason
             pending, self._pending = self._pending, {}
             callbacks = list(self._exit_callbacks)
-        with self._held_lock:  # replies that came before the end: their results stand
-            self._held_expired = True
-        _guarded(self._release)
-        with self._held_lock:  # if another thread is handing them over, let it finish (bounded)
-            self._held_idle.wait_for(lambda: not self._handing_over, timeout=2.0)
+        self._in_order.expire()  # replies that came before the end are handed over: their results stand
         for request in pending.values():
             if request.on_lost is not None and not request.done:
                 _guarded(request.on_lost, reason)
@@ -528,11 +318,9 @@ class KernelChannel:
         """Drop every request in flight (the kernel is being restarted: no reply will come)."""
         with self._lock:
             pending, self._pending = self._pending, {}
-        self._iopub_ready.clear()  # the new kernel's IOPub has to be seen again
-        with self._held_lock:  # nor will their held replies be handed over
-            for request in pending.values():
-                request.done = True
-        self._release()
+        self.iopub_ready.clear()  # the new kernel's IOPub has to be seen again
+        for request in pending.values():  # nor will their held replies be handed over
+            request.done = True
 
     def lost_error(self) -> WorkerLostError:
         reason = self.exit_reason or "the kernel stopped"
@@ -542,11 +330,105 @@ class KernelChannel:
             reason=reason,
         )
 
-    def _raise_if_dead(self) -> None:
+    def raise_if_dead(self) -> None:
         if self.exit_reason is not None:
             raise self.lost_error()
         if not self.runtime.is_alive():
             raise RuntimeStartError(f"kernel {self.runtime.id} is not running")
+
+
+class _InOrder:
+    """Replies held until their request's output has been echoed, handed over in the kernel's
+    order by one thread of their own (started when a reply must wait, gone when idle)."""
+
+    def __init__(self, deliver: Callable, thread_name: str):
+        self._deliver = deliver  # (parent id, request, reply): hands one reply over
+        self._thread_name = thread_name
+        self._queue: deque = deque()  # (parent id, request, reply, deadline); the head stays while handed over
+        self._changed = threading.Condition()  # guards the queue, the requests' counts, the thread
+        self._thread: threading.Thread | None = None
+        self._expired = False  # the kernel has gone: hand everything over, wait for nothing
+
+    @property
+    def busy(self) -> bool:
+        """Replies are held: a new one goes behind them (read without the lock by the I/O thread,
+        the only one that adds replies)."""
+        return bool(self._queue)
+
+    def hold(self, parent_id: str, request: _Request, msg: dict) -> None:
+        """Hold a reply behind those already held (I/O thread)."""
+        with self._changed:
+            self._queue.append((parent_id, request, msg, time.monotonic() + OUTPUT_WAIT))
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
+                try:
+                    _threads.start(thread)
+                except BaseException:  # noqa: BLE001 - no thread: hand it over now rather than never
+                    self._queue.pop()
+                    _log.warning("dlexec: could not start a thread; a result is handed over without waiting for "
+                                 "its output", exc_info=True)
+                    self._deliver(parent_id, request, msg)
+                    return
+                self._thread = thread
+            self._changed.notify_all()
+
+    def count_output(self, request: _Request, content: dict) -> None:
+        """Count a request's echoed output (I/O thread); wakes the thread if replies wait."""
+        index = 1 if content.get("name") == "stderr" else 0
+        text = content.get("text", "")
+        with self._changed:
+            if request.echoed is None:
+                request.echoed = [0, 0]
+            request.echoed[index] += len(text)
+            if index and text.startswith(_RATE_LIMITED):
+                request.dropped = True
+            if self._queue:
+                self._changed.notify_all()
+
+    def expire(self) -> None:
+        """The kernel has gone: hand every held reply over now, and wait (bounded) until done."""
+        with self._changed:
+            self._expired = True
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: not self._queue or self._thread is None, timeout=2.0)
+
+    def _run(self) -> None:
+        """Hand the held replies over, in order, each once its output is here or its wait is over."""
+        try:
+            while True:
+                with self._changed:
+                    head = self._next()
+                    if head is None:
+                        return
+                parent_id, request, msg, _ = head
+                if not request.done:
+                    self._deliver(parent_id, request, msg)  # never raises (see KernelChannel._deliver)
+                with self._changed:
+                    self._queue.popleft()
+                    self._changed.notify_all()
+        except BaseException:  # noqa: BLE001 - never leave replies behind without a word
+            _log.exception("dlexec: error while handing over the replies of a kernel")
+        finally:
+            with self._changed:
+                self._thread = None
+                if self._queue:  # (only after an error) whoever holds the next reply starts a new thread
+                    self._expired = True
+                self._changed.notify_all()
+
+    def _next(self):
+        """(lock held) The first held reply once it can be handed over; None when the thread
+        has had nothing to do for ``_IDLE`` seconds."""
+        while True:
+            if not self._queue:
+                if not self._changed.wait(_IDLE) and not self._queue:
+                    return None
+                continue
+            head = self._queue[0]
+            _, request, msg, deadline = head
+            left = deadline - time.monotonic()
+            if self._expired or request.done or request.dropped or left <= 0 or _caught_up(request, msg):
+                return head
+            self._changed.wait(left)
 
 
 def _caught_up(request: _Request, msg: dict) -> bool:
@@ -574,48 +456,6 @@ def _guarded(callback: Callable, *args) -> None:
         callback(*args)
     except BaseException:  # noqa: BLE001 - the thread must go on with the next message
         _log.exception("dlexec: error in a callback of the I/O thread")
-
-
-def check_versions(info: dict, runtime_id: str) -> None:
-    """Refuse a kernel that cannot read what this client sends; warn about a different dill.
-
-    dill sends functions defined in ``__main__`` and in the user's modules as code objects,
-    which only the same Python minor version can load.
-    """
-    import warnings
-
-    import dill
-
-    remote = tuple(info.get("python") or ())[:2]
-    here = sys.version_info[:2]
-    if remote and remote != here:
-        raise RuntimeStartError(
-            f"runtime {runtime_id} runs Python {'.'.join(map(str, info['python']))} but this client runs "
-            f"{sys.version.split()[0]}: functions sent by value (from __main__, notebooks or your own modules) "
-            f"cannot be loaded across Python versions. Use a runtime environment with Python "
-            f"{here[0]}.{here[1]}, or a client with Python {remote[0]}.{remote[1]}."
-        )
-    if info.get("dill") and info["dill"] != dill.__version__:
-        warnings.warn(
-            f"runtime {runtime_id} has dill {info['dill']} and this client dill {dill.__version__}; "
-            "if tasks fail to load there, install the same dill version on both sides.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-
-
-class _Deadline:
-    def __init__(self, timeout: float | None):
-        import time
-
-        self._clock = time.monotonic
-        self._end = None if timeout is None else self._clock() + timeout
-
-    def left(self) -> float:
-        return 3600.0 if self._end is None else max(0.0, self._end - self._clock())
-
-    def expired(self) -> bool:
-        return self._end is not None and self._clock() >= self._end
 
 
 def _echo_stream(content: dict) -> None:

@@ -8,15 +8,14 @@ each way), snapshots it and terminates it. It is a drop-in for the Datalayer SDK
 makes ``success`` False, ``stdout`` and ``stderr`` are separate, a timeout interrupts the
 kernel, and ``execute_file`` runs ``.py`` files and notebooks cell by cell.
 
-Each :class:`dlexec.DatalayerExecutor` worker is a ``RuntimeService``.
+It is a facade over one :class:`~dlexec.session.KernelSession` (what a pool's worker holds
+too); :meth:`RuntimeService.runtime_factory` gives a pool its runtimes with the same
+arguments.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import re
 import sys
 import threading
 import time
@@ -27,8 +26,12 @@ from typing import Any
 from . import serialization, snapshots
 from .channel import KernelChannel
 from .errors import ExecutionError, RuntimeStartError
-from .modules import check_ship_modules, sources_to_ship, user_modules
+from .kernel.wire import split_frames
+from .models import ExecutionResponse, RuntimeModel
+from .modules import check_ship_modules, user_modules
 from .runtimes import DEFAULT_ENVIRONMENT, create_runtime, prepare
+from .runtimes.base import Runtime
+from .session import KernelSession
 from .snapshots import RuntimeSnapshotModel
 from .urls import DatalayerURLs
 
@@ -39,108 +42,7 @@ class _DefaultURL(str):
 
 
 DEFAULT_RUN_URL = _DefaultURL("https://prod1.datalayer.run")
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-#: What ``ExecutionResponse.model_dump()`` returns, in order: the SDK's fields.
-_DUMP_FIELDS = ("success", "message", "execute_response", "stdout", "stderr")
-
-
-@dataclasses.dataclass
-class ExecutionResponse:
-    """What running code produced.
-
-    ``execute_response`` holds nbformat v4 outputs (``stream``, ``execute_result``,
-    ``display_data``, ``error``). ``stdout`` and ``stderr`` are the text of the stdout and
-    stderr streams; ``stderr`` also ends with the error's traceback, if any.
-    """
-
-    success: bool
-    message: str | None = None
-    execute_response: list = dataclasses.field(default_factory=list)
-
-    @property
-    def stdout(self) -> str:
-        return "".join(o["text"] for o in self.execute_response if _is_stream(o, "stdout"))
-
-    @property
-    def stderr(self) -> str:
-        parts = [o["text"] for o in self.execute_response if _is_stream(o, "stderr")]
-        for output in self.execute_response:
-            if output.get("output_type") == "error":
-                parts.append(_ANSI.sub("", "\n".join(output.get("traceback") or [])) + "\n")
-        return "".join(parts)
-
-    @property
-    def error(self) -> dict | None:
-        """The ``error`` output (``ename``, ``evalue``, ``traceback``), if the code raised."""
-        return next((o for o in self.execute_response if o.get("output_type") == "error"), None)
-
-    @property
-    def result(self) -> dict | None:
-        """The ``execute_result`` mime bundle of the last expression, if any."""
-        found = [o for o in self.execute_response if o.get("output_type") == "execute_result"]
-        return found[-1]["data"] if found else None
-
-    def model_dump(self, *, include: set | None = None, exclude: set | None = None, **_: Any) -> dict:
-        """The response as a dict with the SDK's (pydantic) field names: ``success``, ``message``,
-        ``execute_response``, ``stdout``, ``stderr``. ``include``/``exclude`` pick fields, as in pydantic."""
-        return {name: (list(self.execute_response) if name == "execute_response" else getattr(self, name))
-                for name in _DUMP_FIELDS
-                if (include is None or name in include) and not (exclude and name in exclude)}
-
-    def model_dump_json(self, *, indent: int | None = None, include: set | None = None,
-                        exclude: set | None = None, **_: Any) -> str:
-        """:meth:`model_dump` as JSON (values JSON cannot hold are written as text)."""
-        return json.dumps(self.model_dump(include=include, exclude=exclude), indent=indent, default=str)
-
-    def __repr__(self) -> str:
-        return (f"ExecutionResponse(success={self.success!r}, message={self.message!r}, "
-                f"stdout={self.stdout!r}, stderr={self.stderr!r})")
-
-
-@dataclasses.dataclass
-class RuntimeModel:
-    """A runtime's configuration and state, with the fields of the SDK's ``RuntimeModel``.
-
-    Secrets are kept out of the repr (a secret is never shown), but are there to read:
-    ``token`` (the Datalayer API key used), ``external_token``, ``jupyter_token`` (the
-    runtime's own) and ``runtime`` (the server's RUNTIME object, which holds it).
-    ``started_at``/``expired_at`` keep the type the server sent (the stand-in and the API
-    send strings of epoch seconds). ``kernel_client`` is dlexec's channel to the kernel.
-    """
-
-    name: str
-    environment: str
-    time_reservation: float
-    run_url: str
-    iam_url: str
-    backend: str
-    pod_name: str | None = None
-    ingress: str | None = None
-    reservation_id: str | None = None
-    uid: str | None = None
-    burning_rate: float | None = None
-    jupyter_token: str | None = dataclasses.field(default=None, repr=False)
-    started_at: str | float | None = None
-    expired_at: str | float | None = None
-    token: str | None = dataclasses.field(default=None, repr=False)
-    external_token: str | None = dataclasses.field(default=None, repr=False)
-    runtime: dict = dataclasses.field(default_factory=dict, repr=False)
-    kernel_client: Any = dataclasses.field(default=None, repr=False)
-    kernel_id: str | None = None
-    executing: bool = False
-    url: str = ""  # the SDK's legacy alias of run_url
-    credits_per_second: float | None = None  # the SDK's legacy name of burning_rate
-    extra: dict | None = None
-
-    def __post_init__(self) -> None:
-        self.url = self.url or self.run_url
-
-    @property
-    def credits_limit(self) -> float | None:
-        """Credits reserved: burning rate (credits/s) x 60 x ``time_reservation`` (minutes), as the SDK computes it."""
-        if self.burning_rate is None:
-            return None
-        return self.burning_rate * 60.0 * self.time_reservation
+__all__ = ["DEFAULT_RUN_URL", "ExecutionResponse", "RuntimeModel", "RuntimeService"]
 
 
 class RuntimeService:
@@ -226,13 +128,11 @@ class RuntimeService:
         if self._runtime_factory is not None and not callable(self._runtime_factory):
             raise TypeError("runtime_factory must be a callable (name) -> dlexec.runtimes.Runtime")
         self._runtime_options = runtime_options
-        self._channel: KernelChannel | None = None
+        self._session: KernelSession | None = None
         self._finalizer: weakref.finalize | None = None
         self._starting = False  # start() is building the runtime
         self._terminated = False  # terminate() was called during that: start() gives up
         self._state_lock = threading.Lock()
-        self._shipped_modules: dict[str, str] = {}  # user modules sent to the runtime: name -> digest
-        self._modules_lock = threading.Lock()
         self._client = None  # the Datalayer REST client (datalayer backend)
         self._given_deleted = False  # a runtime handed in, deleted by terminate() before any start
         if self._backend == "datalayer":
@@ -254,18 +154,20 @@ class RuntimeService:
         model.iam_url = self._client.iam_url
 
     @classmethod
-    def check_options(cls, backend: str | None, options: dict) -> None:
-        """Check, without starting anything, the options a pool will build its runtimes with
-        (``RuntimeService(name, backend=backend, **options)``): a TypeError or ValueError
+    def runtime_factory(cls, backend: str | None, options: dict) -> _Runtimes:
+        """The runtimes a pool builds with these options, as ``RuntimeService(name,
+        backend=backend, **options)`` would build its own: a callable ``(name) -> Runtime``.
+
+        The options are checked now, without starting anything: a TypeError or ValueError
         names the option, as the first runtime's start would, but at once."""
         for reserved in ("name", "backend", "start_timeout"):
             if reserved in options:
                 raise TypeError(f"{reserved!r} is not a runtime option here: the executor sets it for each runtime "
                                 "(use DatalayerExecutor's own argument, if it has one)")
         probe = cls("dlexec-options-check", backend=backend, **options)
-        if probe._backend != "datalayer" and probe._runtime_factory is None:  # (the constructor checked a Datalayer runtime already)
-            runtime = create_runtime(probe._backend, probe.name, **probe._backend_options())
-            runtime.terminate()  # never started: this only frees what the constructor holds
+        if probe._backend != "datalayer" and probe._runtime_factory is None:  # (Datalayer's was checked already)
+            probe._new_runtime().terminate()  # never started: this only frees what the constructor holds
+        return _Runtimes(backend, options)
 
     # -- properties (the seed's) ------------------------------------------------------------
 
@@ -291,17 +193,22 @@ class RuntimeService:
         return DatalayerURLs.from_environment(**self._urls_given)
 
     @property
+    def session(self) -> KernelSession:
+        """The session with the kernel (starts the runtime if needed)."""
+        self._ensure_started()
+        return self._session  # type: ignore[return-value]
+
+    @property
     def channel(self) -> KernelChannel:
         """The message channel to the kernel (starts the runtime if needed)."""
-        self._ensure_started()
-        return self._channel  # type: ignore[return-value]
+        return self.session.channel
 
     @property
     def is_started(self) -> bool:
-        return self._channel is not None
+        return self._session is not None
 
     def is_alive(self) -> bool:
-        return self._channel is not None and self._channel.exit_reason is None and self._channel.runtime.is_alive()
+        return self._session is not None and self._session.is_alive()
 
     def __repr__(self) -> str:
         state = "running" if self.is_alive() else ("stopped" if self.is_started else "not started")
@@ -310,16 +217,13 @@ class RuntimeService:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> RuntimeService:
-        """Start the runtime and prepare it for dlexec; raises :class:`RuntimeStartError`."""
-        if self._channel is not None:
+        """Start the runtime and wait until it is ready; raises :class:`RuntimeStartError`."""
+        if self._session is not None:
             return self
         with self._state_lock:
             self._starting, self._terminated = True, False
-        if self._runtime_factory is not None:
-            runtime = self._runtime_factory(self._model.name)
-        else:
-            runtime = create_runtime(self._backend, self._model.name, **self._backend_options())
-        channel = KernelChannel(runtime)
+        runtime = self._new_runtime()
+        session = KernelSession(runtime, self._start_timeout, self._ship_modules)
         with self._state_lock:
             self._starting = False
             if self._terminated:  # terminate() came while this start was building the runtime
@@ -328,9 +232,21 @@ class RuntimeService:
             # Registered before starting, so that a kernel is never left behind by a failed start.
             self._runtime = runtime
             self._finalizer = weakref.finalize(self, runtime.terminate)
-        channel.start(self._start_timeout)
-        self._channel = channel
-        facts = runtime.describe()
+        session.start()
+        self._session = session
+        self._describe(runtime, session)
+        if self._snapshot and runtime.kind == "local":  # a Datalayer runtime started from it already
+            restore_snapshot(session, self._snapshot)
+        return self
+
+    def _new_runtime(self) -> Runtime:
+        if self._runtime_factory is not None:
+            return self._runtime_factory(self._model.name)
+        return create_runtime(self._backend, self._model.name, **self._backend_options())
+
+    def _describe(self, runtime: Runtime, session: KernelSession) -> None:
+        """Fill the model with what the started runtime says of itself."""
+        facts = session.facts
         model = self._model
         for field in ("pod_name", "ingress", "reservation_id", "burning_rate", "expired_at"):
             if facts.get(field) is not None:
@@ -342,11 +258,8 @@ class RuntimeService:
             model.runtime = dict(info.raw)
         model.uid = facts.get("uid") or model.uid or facts.get("kernel_id") or facts.get("id")
         model.started_at = facts.get("started_at") or model.started_at or str(time.time())
-        model.kernel_id, model.kernel_client = facts.get("kernel_id"), channel
+        model.kernel_id, model.kernel_client = facts.get("kernel_id"), session.channel
         model.credits_per_second = model.burning_rate
-        if self._snapshot and runtime.kind == "local":  # a Datalayer runtime started from it already
-            self._restore(snapshots.get(self._snapshot))
-        return self
 
     def _backend_options(self) -> dict:
         """The backend's settings: the extra options, plus what the seed's arguments mean there."""
@@ -375,16 +288,10 @@ class RuntimeService:
 
     def restart(self) -> None:
         """Restart the kernel (a fresh interpreter: its variables are gone) and prepare it again."""
-        channel = self.channel
-        channel.forget_pending()
-        channel.runtime.restart(self._start_timeout)
-        channel.wait_ready(self._start_timeout)
-        channel.install_worker(self._start_timeout)
-        with self._modules_lock:
-            self._shipped_modules.clear()
+        self.session.restart()
 
     def _ensure_started(self) -> None:
-        if self._channel is None:
+        if self._session is None:
             self.start()
 
     def terminate(self) -> bool:
@@ -493,7 +400,7 @@ class RuntimeService:
         return self.execute_code(code_or_path, variables, output, debug, timeout)
 
     def _run_cell(self, code: str, timeout: float | None) -> ExecutionResponse:
-        reply, outputs = self._channel.execute(code, timeout=timeout)
+        reply, outputs = self._session.execute(code, timeout=timeout)
         status = reply.get("status")
         if status == "ok":
             return ExecutionResponse(True, "Code executed successfully", outputs)
@@ -524,33 +431,15 @@ class RuntimeService:
         """Set variables in the runtime's namespace: one message, values as dill buffers."""
         modules: set = set()
         frames_by_name = {name: serialization.dumps(value, modules=modules) for name, value in _checked(variables)}
-        self._send_variables(frames_by_name, modules=user_modules(modules))
-
-    def _send_variables(self, frames_by_name: dict[str, list], modules: set[str] | None = None) -> None:
-        """One ``set`` request; ``modules`` names the modules the values refer to (to ship)."""
-        names, frames = [], []
-        for name, value_frames in frames_by_name.items():
-            names.append([name, len(value_frames)])
-            frames.extend(value_frames)
-        content = {"names": names}
-        if modules:
-            content["modules"] = self.modules_to_ship(modules)
-        reply, _ = self.channel.call("set", content, frames)
-        _raise_for(reply)
+        set_variables(self.session, frames_by_name, user_modules(modules))
 
     def modules_to_ship(self, names) -> list:
-        """Sources of the user modules that ``names`` (modules a payload refers to) need and
-        this runtime lacks: those modules, the user modules they import and their parent
-        packages, as ``ship_modules`` allows (none for a local kernel: it sees the files)."""
-        runtime = self.channel.runtime
-        if runtime.shares_files or self._ship_modules is False:
-            return []
-        with self._modules_lock:
-            return sources_to_ship(self._shipped_modules, names, self._ship_modules)
+        """Sources of the user modules that ``names`` need and the runtime lacks (see KernelSession)."""
+        return self.session.modules_to_ship(names)
 
     def get_variable(self, name: str) -> Any:
         """A variable's value from the runtime, or None if it is not defined."""
-        content, frames = self.channel.call("get", {"name": name})
+        content, frames = self.session.call("get", {"name": name})
         if content.get("status") == "missing":
             return None
         _raise_for(content)
@@ -566,7 +455,7 @@ class RuntimeService:
         could not be serialized is listed in ``metadata["skipped"]``. With ``stop`` the
         runtime is terminated afterwards.
         """
-        runtime = self.channel.runtime
+        runtime = self.session.runtime
         if runtime.kind == "datalayer":  # the platform snapshots the whole runtime
             snapshot = runtime.client.create_snapshot(runtime.pod_name, name, description, stop=stop)
             if stop:
@@ -574,19 +463,56 @@ class RuntimeService:
             return snapshot.to_model()
         if name:
             snapshots.check_name(name)  # before the kernel does the work
-        content, frames = self.channel.call("snapshot")
+        content, frames = self.session.call("snapshot")
         _raise_for(content)
-        variables, offset = {}, 0
-        for var, count in content["names"]:
-            variables[var] = frames[offset: offset + count]
-            offset += count
+        names = content["names"]
+        variables = dict(zip((var for var, _ in names), split_frames(frames, (count for _, count in names))))
         model = snapshots.save(name, description, self.environment, variables, content.get("skipped") or {})
         if stop:
             self.terminate()
         return model
 
-    def _restore(self, snapshot: RuntimeSnapshotModel) -> None:
-        self._send_variables(snapshots.load_variables(snapshot))
+
+
+class _Runtimes:
+    """``(name) -> Runtime``: a pool's runtimes, built as ``RuntimeService(name, backend, **options)``
+    builds its own (same checks, same settings); ``setup(session)`` prepares a started one."""
+
+    def __init__(self, backend: str | None, options: dict):
+        self.backend, self.options = backend, options
+        self.kind = resolve_kind(backend, options)
+
+    def __call__(self, name: str) -> Runtime:
+        return RuntimeService(name, backend=self.backend, **self.options)._new_runtime()
+
+    def setup(self, session: KernelSession) -> None:
+        snapshot = self.options.get("snapshot")
+        if snapshot and session.runtime.kind == "local":
+            restore_snapshot(session, snapshot)
+
+
+def resolve_kind(backend: str | None, options: dict) -> str:
+    if options.get("runtime_factory") is not None:
+        return getattr(options["runtime_factory"], "kind", None) or "custom"
+    return prepare(backend, options)
+
+
+def set_variables(session: KernelSession, frames_by_name: dict[str, list], modules: set[str] | None = None) -> None:
+    """One ``set`` request; ``modules`` names the modules the values refer to (to ship)."""
+    names, frames = [], []
+    for name, value_frames in frames_by_name.items():
+        names.append([name, len(value_frames)])
+        frames.extend(value_frames)
+    content = {"names": names}
+    if modules:
+        content["modules"] = session.modules_to_ship(modules)
+    reply, _ = session.call("set", content, frames)
+    _raise_for(reply)
+
+
+def restore_snapshot(session: KernelSession, name: str) -> None:
+    """Set the variables of a local snapshot in the runtime."""
+    set_variables(session, snapshots.load_variables(snapshots.get(name)))
 
 
 def _check_text(option: str, value: Any, optional: bool = False) -> None:
@@ -609,10 +535,6 @@ def _raise_for(content: dict) -> None:
     info = content.get("info") or {}
     raise ExecutionError(f"the runtime could not do it: {info.get('type')}: {info.get('message')}\n"
                          f"{info.get('text', '')}".rstrip())
-
-
-def _is_stream(output: dict, name: str) -> bool:
-    return output.get("output_type") == "stream" and output.get("name") == name
 
 
 def _is_file(text: str) -> bool:
