@@ -246,7 +246,7 @@ def kernel_info(ex):
     protocol's floor (no user code, no dlexec worker), through dlexec's own channel."""
     import threading
 
-    channel = next(w for w in ex._pool.workers if w.state == "ready").service.channel
+    channel = next(w for w in ex._pool.workers if w.state == "ready").session.channel
 
     def call():
         done = threading.Event()

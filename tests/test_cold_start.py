@@ -143,10 +143,10 @@ def test_the_default_kernel_answers_with_the_worker_installed_at_start():
         future = ex.submit(answer)
         assert future.result(timeout=60) == 42
         assert future.run_seconds is not None and 0 <= future.run_seconds < future.finished_at - future.started_at
-        service = ex._pool.workers[0].service
-        info = service.channel.info
+        session = ex._pool.workers[0].session
+        info = session.info
         assert info["status"] == "ok" and info["python"] == list(sys.version_info[:3]) and info["dill"]
-        assert service.channel._installed_at_start
+        assert session.installed_at_start
         facts = ex.submit(kernel_facts).result(timeout=30)
     assert facts["debugpy"] == "debugpy" and not facts["runtimes_dir_on_path"]
 
@@ -159,7 +159,7 @@ def test_a_named_kernel_spec_installs_the_worker_by_a_request():
         runtime.terminate()  # never started: frees its wake-up pipe
     with DatalayerExecutor(1, kernel_name="python3") as ex:
         assert ex.submit(answer).result(timeout=60) == 42
-        assert not ex._pool.workers[0].service.channel._installed_at_start
+        assert not ex._pool.workers[0].session.installed_at_start
 
 
 def test_a_kernel_that_cannot_install_the_worker_says_why_at_once(tmp_path):
@@ -178,7 +178,7 @@ def test_a_kernel_that_cannot_install_the_worker_says_why_at_once(tmp_path):
 
 
 def test_the_version_check_still_refuses_a_kernel(monkeypatch):
-    import dlexec.channel
+    import dlexec.session
 
     seen = []
 
@@ -186,7 +186,7 @@ def test_the_version_check_still_refuses_a_kernel(monkeypatch):
         seen.append(info)
         raise RuntimeStartError(f"runtime {runtime_id} runs Python 2.7 (a test)")
 
-    monkeypatch.setattr(dlexec.channel, "check_versions", refuse)
+    monkeypatch.setattr(dlexec.session, "check_versions", refuse)
     with DatalayerExecutor(1) as ex:
         with pytest.raises(WorkerLostError, match="runs Python 2.7"):
             ex.submit(answer).result(timeout=60)
@@ -228,6 +228,6 @@ def test_a_restarted_kernel_gets_the_worker_again_from_its_startup_file(tmp_path
         with pytest.raises(CancelledError):
             deaf.result(timeout=60)
         second_pid, cwd = ex.submit(where).result(timeout=60)
-        assert ex._pool.workers[0].service.channel._installed_at_start
+        assert ex._pool.workers[0].session.installed_at_start
     assert second_pid != first_pid and os.path.basename(cwd) == "later"
     assert not wait_gone([first_pid, second_pid])

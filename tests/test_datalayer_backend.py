@@ -55,7 +55,7 @@ def test_unchanged_executor_code_runs_on_datalayer_runtimes(datalayer_env):
         assert list(ex.map(triple, range(8))) == [3 * x for x in range(8)]
         assert ex.submit(lambda: "by value").result() == "by value"
         pods = {f.runtime_id.split("runtime ")[1].rstrip(")") for f in [ex.submit(triple, 1)]}
-        pods |= {w.service.pod_name for w in ex._pool.workers if w.service and w.service.pod_name}
+        pods |= {w.session.facts["pod_name"] for w in ex._pool.workers if w.session and w.session.facts.get("pod_name")}
         assert pods and {r["pod_name"] for r in standin.live_runtimes()} >= pods  # (a 2nd may be starting)
     created = _created(standin)[before:]
     assert created and all(body["environment_name"] == "python-cpu-env" for body in created)
@@ -174,7 +174,7 @@ def test_a_runtime_that_cannot_be_deleted_is_reported_with_the_command(datalayer
 def test_an_expired_runtime_fails_its_tasks_clearly(datalayer_env):
     with DatalayerExecutor(1) as ex:
         assert ex.submit(triple, 1).result() == 3
-        pod = ex._pool.workers[0].service.pod_name
+        pod = ex._pool.workers[0].session.facts["pod_name"]
         running = ex.submit(time.sleep, 30)
         time.sleep(0.5)
         datalayer_env.expire(pod)
@@ -228,7 +228,7 @@ time.sleep(120)
 
 
 def test_versions_must_match(monkeypatch):
-    from dlexec.channel import check_versions
+    from dlexec.session import check_versions
 
     with pytest.raises(RuntimeStartError, match="Python 3.1") as info:
         check_versions({"python": [3, 1, 0], "dill": "0.4.1"}, "rt")

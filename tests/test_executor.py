@@ -393,7 +393,7 @@ def test_a_reply_that_cannot_be_handled_fails_its_futures_instead_of_hanging(exe
     def broken_outcome(*args):
         raise ValueError("simulated client bug")
 
-    monkeypatch.setattr(dlexec.executor, "_outcome", broken_outcome)
+    monkeypatch.setattr("dlexec.pool.results._outcome", broken_outcome)
     with pytest.raises(RuntimeError, match="could not handle the reply") as info:
         executor.submit(square, 2).result(timeout=30)
     assert isinstance(info.value.__cause__, ValueError)

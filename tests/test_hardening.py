@@ -149,7 +149,7 @@ def test_a_runtime_that_cannot_be_built_fails_the_futures_waiting_for_it(monkeyp
         raise RuntimeError("simulated: the runtime cannot be built")
 
     with DatalayerExecutor(1, backend="local") as ex:
-        monkeypatch.setattr(dlexec.executor, "RuntimeService", refuse)
+        monkeypatch.setattr(ex._pool.supervisor, "runtime_factory", refuse)
         future = ex.submit(square, 2)
         with pytest.raises(WorkerLostError, match="cannot be built"):
             future.result(timeout=30)

@@ -80,7 +80,7 @@ import gc
 from tests.conftest import wait_gone
 ex = DatalayerExecutor(2)
 show(ex)
-pids = [w.service.channel.runtime.pid for w in ex._pool.workers]
+pids = [w.session.runtime.pid for w in ex._pool.workers]
 del ex
 gc.collect()
 print("GONE" if wait_gone(pids, timeout=10) == [] else "ALIVE", flush=True)
