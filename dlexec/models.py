@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 from typing import Any
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -47,6 +48,11 @@ class ExecutionResponse:
         """The ``execute_result`` mime bundle of the last expression, if any."""
         found = [o for o in self.execute_response if o.get("output_type") == "execute_result"]
         return found[-1]["data"] if found else None
+
+    def echo(self) -> None:
+        """Write the output to this process's stdout and stderr (``debug=True``)."""
+        sys.stdout.write(self.stdout)
+        sys.stderr.write(self.stderr)
 
     def model_dump(self, *, include: set | None = None, exclude: set | None = None, **_: Any) -> dict:
         """The response as a dict with the SDK's (pydantic) field names: ``success``, ``message``,

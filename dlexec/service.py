@@ -16,7 +16,6 @@ arguments.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 import weakref
@@ -26,22 +25,17 @@ from typing import Any
 from . import serialization, snapshots
 from .channel import KernelChannel
 from .errors import ExecutionError, RuntimeStartError
+from .execution import code_cells, run_cells
 from .kernel.wire import split_frames
 from .models import ExecutionResponse, RuntimeModel
-from .modules import check_ship_modules, user_modules
-from .runtimes import DEFAULT_ENVIRONMENT, create_runtime, prepare
+from .modules import user_modules
+from .runtimes import DEFAULT_ENVIRONMENT, prepare
 from .runtimes.base import Runtime
 from .session import KernelSession
 from .snapshots import RuntimeSnapshotModel
+from .spec import DEFAULT_RUN_URL, RuntimeSpec
 from .urls import DatalayerURLs
 
-
-class _DefaultURL(str):
-    """The default ``run_url``: the SDK's URL, told apart (by identity) from the same URL given
-    explicitly, which selects the Datalayer backend."""
-
-
-DEFAULT_RUN_URL = _DefaultURL("https://prod1.datalayer.run")
 __all__ = ["DEFAULT_RUN_URL", "ExecutionResponse", "RuntimeModel", "RuntimeService"]
 
 
@@ -87,71 +81,19 @@ class RuntimeService:
         start_timeout: float = 60.0,
         **runtime_options: Any,
     ):
-        _check_text("name", name)
-        _check_text("environment", environment)
-        run_url = DEFAULT_RUN_URL if run_url is None else run_url  # None: not given, as iam_url
-        for option, value in (("run_url", run_url), ("iam_url", iam_url), ("token", token), ("pod_name", pod_name),
-                              ("ingress", ingress), ("jupyter_token", jupyter_token),
-                              ("runtimes_url", runtime_options.get("runtimes_url"))):
-            _check_text(option, value, optional=True)
-        # Only URLs given here override $DATALAYER_RUN_URL / $DATALAYER_IAM_URL (the reference
-        # SDK ignored the variables whenever the defaults applied).
-        self._urls_given = {"run_url": None if run_url is DEFAULT_RUN_URL else run_url, "iam_url": iam_url,
-                            "runtimes_url": runtime_options.get("runtimes_url")}
-        self._backend = prepare(backend, {
-            **self._urls_given, "token": token, "environment": environment, "pod_name": pod_name,
-            "ingress": ingress, "jupyter_token": jupyter_token})
-        urls = DatalayerURLs.from_environment(**self._urls_given)
-        self._model = RuntimeModel(
-            name=name,
-            environment=environment,
-            time_reservation=time_reservation,
-            run_url=urls.run_url,
-            iam_url=urls.iam_url,
-            backend=self._backend,
-            pod_name=pod_name,
-            ingress=ingress,
-            reservation_id=reservation_id,
-            uid=uid,
-            burning_rate=burning_rate,
-            jupyter_token=jupyter_token,
-            started_at=started_at,
-            expired_at=expired_at,
-        )
-        self._token = token
-        self._snapshot = snapshot
+        self._spec = RuntimeSpec(
+            name, environment, time_reservation, run_url, iam_url, token, pod_name, ingress, reservation_id, uid,
+            burning_rate, jupyter_token, started_at, expired_at, backend=backend, snapshot=snapshot,
+            runtime_options=runtime_options)
+        self._model = self._spec.model
+        self._backend = self._spec.backend
         self._start_timeout = start_timeout
-        # Which of the user's modules may travel to a remote runtime (dlexec.modules).
-        self._ship_modules = check_ship_modules(runtime_options.pop("ship_modules", True))
-        # A callable (name) -> Runtime that builds the runtime instead of the backend (tests' fakes).
-        self._runtime_factory = runtime_options.pop("runtime_factory", None)
-        if self._runtime_factory is not None and not callable(self._runtime_factory):
-            raise TypeError("runtime_factory must be a callable (name) -> dlexec.runtimes.Runtime")
-        self._runtime_options = runtime_options
         self._session: KernelSession | None = None
         self._finalizer: weakref.finalize | None = None
         self._starting = False  # start() is building the runtime
         self._terminated = False  # terminate() was called during that: start() gives up
         self._state_lock = threading.Lock()
-        self._client = None  # the Datalayer REST client (datalayer backend)
         self._given_deleted = False  # a runtime handed in, deleted by terminate() before any start
-        if self._backend == "datalayer":
-            self._check_datalayer()
-
-    def _check_datalayer(self) -> None:
-        """Build (not start) the Datalayer runtime now, so that a bad setting fails here, not at
-        the first call; keep its client (the token and URLs it resolved) for the runtime."""
-        model = self._model
-        probe = create_runtime(self._backend, model.name, **self._backend_options())
-        if not (model.ingress and model.jupyter_token) and not probe.client.token:  # creating one needs a key
-            raise ValueError("dlexec needs your Datalayer API key to create a runtime: pass token=, set "
-                             "DATALAYER_API_KEY, or run `datalayer login` (with `pip install dlexec[keyring]`)")
-        self._client = probe.client
-        model.token = self._client.token
-        if self._client.token_source == "DATALAYER_EXTERNAL_TOKEN":
-            model.external_token = self._client.token
-        model.run_url = model.url = self._client.run_url
-        model.iam_url = self._client.iam_url
 
     @classmethod
     def runtime_factory(cls, backend: str | None, options: dict) -> _Runtimes:
@@ -165,8 +107,8 @@ class RuntimeService:
                 raise TypeError(f"{reserved!r} is not a runtime option here: the executor sets it for each runtime "
                                 "(use DatalayerExecutor's own argument, if it has one)")
         probe = cls("dlexec-options-check", backend=backend, **options)
-        if probe._backend != "datalayer" and probe._runtime_factory is None:  # (Datalayer's was checked already)
-            probe._new_runtime().terminate()  # never started: this only frees what the constructor holds
+        if probe._backend != "datalayer" and probe._spec.runtime_factory is None:  # (Datalayer's: checked)
+            probe._spec.new_runtime(probe.name).terminate()  # never started: this only frees what the constructor holds
         return _Runtimes(backend, options)
 
     # -- properties (the seed's) ------------------------------------------------------------
@@ -188,9 +130,7 @@ class RuntimeService:
     def urls(self) -> DatalayerURLs:
         """The Datalayer URLs this runtime uses (from the arguments, else ``$DATALAYER_*_URL``), in
         the SDK's shape (13 fields, with ``runtimes_url``)."""
-        if self._client is not None:
-            return self._client.urls
-        return DatalayerURLs.from_environment(**self._urls_given)
+        return self._spec.urls
 
     @property
     def session(self) -> KernelSession:
@@ -222,8 +162,8 @@ class RuntimeService:
             return self
         with self._state_lock:
             self._starting, self._terminated = True, False
-        runtime = self._new_runtime()
-        session = KernelSession(runtime, self._start_timeout, self._ship_modules)
+        runtime = self._spec.new_runtime(self.name)
+        session = KernelSession(runtime, self._start_timeout, self._spec.ship_modules)
         with self._state_lock:
             self._starting = False
             if self._terminated:  # terminate() came while this start was building the runtime
@@ -235,14 +175,9 @@ class RuntimeService:
         session.start()
         self._session = session
         self._describe(runtime, session)
-        if self._snapshot and runtime.kind == "local":  # a Datalayer runtime started from it already
-            restore_snapshot(session, self._snapshot)
+        if self._spec.snapshot and runtime.kind == "local":  # a Datalayer runtime started from it already
+            restore_snapshot(session, self._spec.snapshot)
         return self
-
-    def _new_runtime(self) -> Runtime:
-        if self._runtime_factory is not None:
-            return self._runtime_factory(self._model.name)
-        return create_runtime(self._backend, self._model.name, **self._backend_options())
 
     def _describe(self, runtime: Runtime, session: KernelSession) -> None:
         """Fill the model with what the started runtime says of itself."""
@@ -260,31 +195,6 @@ class RuntimeService:
         model.started_at = facts.get("started_at") or model.started_at or str(time.time())
         model.kernel_id, model.kernel_client = facts.get("kernel_id"), session.channel
         model.credits_per_second = model.burning_rate
-
-    def _backend_options(self) -> dict:
-        """The backend's settings: the extra options, plus what the seed's arguments mean there."""
-        options = dict(self._runtime_options)
-        model = self._model
-        if self._backend == "jupyter":  # an existing Jupyter Server: ingress + its token
-            if options.get("url") is None and model.ingress:
-                options["url"] = model.ingress
-            if options.get("token") is None and (model.jupyter_token or self._token):
-                options["token"] = model.jupyter_token or self._token
-        elif self._backend == "datalayer":
-            options.update(
-                environment=model.environment,
-                time_reservation=model.time_reservation,
-                run_url=self._urls_given.get("run_url"),
-                iam_url=self._urls_given.get("iam_url"),
-                token=self._token,
-                snapshot=self._snapshot,
-                pod_name=model.pod_name,
-                ingress=model.ingress,
-                jupyter_token=model.jupyter_token,
-            )
-            if self._client is not None:  # the one the constructor checked: same token and URLs
-                options["client"] = self._client
-        return options
 
     def restart(self) -> None:
         """Restart the kernel (a fresh interpreter: its variables are gone) and prepare it again."""
@@ -306,12 +216,12 @@ class RuntimeService:
         with self._state_lock:
             if self._finalizer is None:
                 self._terminated = self._starting  # a start under way gives up
-                given = not self._starting and self._handed_in() and not self._given_deleted
+                given = not self._starting and self._spec.handed_in() and not self._given_deleted
                 self._given_deleted = self._given_deleted or given
             else:
                 given = None
         if given is not None:
-            return self._delete_given() if given else False
+            return self._spec.delete_given() if given else False
         first = self._finalizer.detach() is not None
         self._runtime.terminate()  # idempotent; a concurrent call waits for the first
         self._model.kernel_client, self._model.kernel_id = None, None
@@ -321,25 +231,12 @@ class RuntimeService:
             with self._state_lock:
                 given, self._given_deleted = not self._given_deleted, True
             if given:
-                return self._delete_given()
+                return self._spec.delete_given()
         return first and deleted is not False
 
     def stop(self) -> bool:
         """The same as :meth:`terminate` (the SDK's later versions call it ``stop``)."""
         return self.terminate()
-
-    def _handed_in(self) -> bool:
-        model = self._model
-        return bool(self._backend == "datalayer" and model.pod_name and model.ingress and model.jupyter_token)
-
-    def _delete_given(self) -> bool:
-        """Delete a runtime handed in that was never started."""
-        runtime = create_runtime(self._backend, self._model.name, **self._backend_options())
-        if not runtime.delete_given:  # the caller chose to keep it (delete_given=False)
-            return False
-        runtime.adopt()
-        runtime.terminate()
-        return bool(runtime.deleted)
 
     def __enter__(self) -> RuntimeService:
         return self.start()
@@ -360,8 +257,7 @@ class RuntimeService:
         self._ensure_started()
         if variables:
             self.set_variables(variables)
-        response = self._run_cell(code, timeout)
-        return self._finish(response, output, debug)
+        return self._finish(run_cells(self._session, [code], timeout), output, debug)
 
     def execute_file(self, path: str | Path, variables: dict[str, Any] | None = None, output: str | None = None,
                      debug: bool = False, timeout: float | None = 10.0):
@@ -375,22 +271,7 @@ class RuntimeService:
         self._ensure_started()
         if variables:
             self.set_variables(variables)
-        if path.suffix == ".ipynb":
-            import nbformat
-
-            notebook = nbformat.read(path, as_version=4)
-            cells = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
-        else:
-            cells = [path.read_text()]
-        outputs: list = []
-        response = ExecutionResponse(True, "Code executed successfully", outputs)
-        for cell in cells:
-            step = self._run_cell(cell, timeout)
-            outputs.extend(step.execute_response)
-            if not step.success:
-                response.success, response.message = False, step.message
-                break
-        return self._finish(response, output, debug)
+        return self._finish(run_cells(self._session, code_cells(path), timeout), output, debug)
 
     def execute(self, code_or_path: str | Path, variables: dict[str, Any] | None = None, output: str | None = None,
                 debug: bool = False, timeout: float | None = 10.0):
@@ -399,22 +280,9 @@ class RuntimeService:
             return self.execute_file(code_or_path, variables, output, debug, timeout)
         return self.execute_code(code_or_path, variables, output, debug, timeout)
 
-    def _run_cell(self, code: str, timeout: float | None) -> ExecutionResponse:
-        reply, outputs = self._session.execute(code, timeout=timeout)
-        status = reply.get("status")
-        if status == "ok":
-            return ExecutionResponse(True, "Code executed successfully", outputs)
-        if status == "timeout":
-            return ExecutionResponse(False, f"Execution timed out after {timeout:g} s; the kernel was interrupted",
-                                     outputs)
-        if status == "aborted":
-            return ExecutionResponse(False, "Execution was aborted", outputs)
-        return ExecutionResponse(False, f"{reply.get('ename')}: {reply.get('evalue')}", outputs)
-
     def _finish(self, response: ExecutionResponse, output: str | None, debug: bool):
         if debug:
-            sys.stdout.write(response.stdout)
-            sys.stderr.write(response.stderr)
+            response.echo()
         if output is None:
             return response
         if not response.success:
@@ -461,13 +329,7 @@ class RuntimeService:
             if stop:
                 self.terminate()
             return snapshot.to_model()
-        if name:
-            snapshots.check_name(name)  # before the kernel does the work
-        content, frames = self.session.call("snapshot")
-        _raise_for(content)
-        names = content["names"]
-        variables = dict(zip((var for var, _ in names), split_frames(frames, (count for _, count in names))))
-        model = snapshots.save(name, description, self.environment, variables, content.get("skipped") or {})
+        model = capture_snapshot(self.session, name, description, self.environment)
         if stop:
             self.terminate()
         return model
@@ -483,7 +345,7 @@ class _Runtimes:
         self.kind = resolve_kind(backend, options)
 
     def __call__(self, name: str) -> Runtime:
-        return RuntimeService(name, backend=self.backend, **self.options)._new_runtime()
+        return (service := RuntimeService(name, backend=self.backend, **self.options))._spec.new_runtime(service.name)
 
     def setup(self, session: KernelSession) -> None:
         snapshot = self.options.get("snapshot")
@@ -510,16 +372,21 @@ def set_variables(session: KernelSession, frames_by_name: dict[str, list], modul
     _raise_for(reply)
 
 
+def capture_snapshot(session: KernelSession, name: str | None, description: str | None,
+                     environment: str) -> RuntimeSnapshotModel:
+    """Save the runtime's variables as a local snapshot."""
+    if name:
+        snapshots.check_name(name)  # before the kernel does the work
+    content, frames = session.call("snapshot")
+    _raise_for(content)
+    names = content["names"]
+    variables = dict(zip((var for var, _ in names), split_frames(frames, (count for _, count in names))))
+    return snapshots.save(name, description, environment, variables, content.get("skipped") or {})
+
+
 def restore_snapshot(session: KernelSession, name: str) -> None:
     """Set the variables of a local snapshot in the runtime."""
     set_variables(session, snapshots.load_variables(snapshots.get(name)))
-
-
-def _check_text(option: str, value: Any, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, str):
-        raise TypeError(f"{option} must be a string{' or None' if optional else ''}, not {type(value).__name__}")
 
 
 def _checked(variables: dict[str, Any]):

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Callable
 
-from . import bootstrap
+from . import bootstrap, execution
 from .channel import KernelChannel
 from .errors import RuntimeStartError
 from .kernel.wire import REQUEST
@@ -87,7 +87,7 @@ class KernelSession:
         """Install the worker (unless the kernel did at its start), then check the versions it
         reports (``info``: the wait of an ``info`` request already sent)."""
         if not self.installed_at_start:
-            reply, _ = self.channel.execute(self.bootstrap_code(), timeout=timeout, silent=True, store_history=False)
+            reply, _ = self.execute(self.bootstrap_code(), timeout=timeout, silent=True, store_history=False)
             if reply.get("status") != "ok":
                 self._not_installed(f"{reply.get('ename')}: {reply.get('evalue')}")
         try:
@@ -142,7 +142,7 @@ class KernelSession:
 
     def execute(self, code: str, timeout: float | None = None, **options):
         """Run code with IPython: ``(reply content, nbformat outputs)`` (see KernelChannel.execute)."""
-        return self.channel.execute(code, timeout, **options)
+        return execution.execute(self.channel, code, timeout, **options)
 
     def modules_to_ship(self, names) -> list:
         """Sources of the user modules that ``names`` (modules a payload refers to) need and

@@ -81,7 +81,7 @@ class TestOnEveryBackend:
         assert ex.options(timeout=Decimal("5")).submit(square, 4).result(timeout=30) == 16
 
     def test_a_message_that_cannot_be_sent_fails_only_its_future(self, ex, monkeypatch):
-        pool = ex._pool
+        pool = ex._pool.dispatcher
         original = pool._send
 
         def send_unsendable(worker, items):

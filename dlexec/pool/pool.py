@@ -20,23 +20,21 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import InvalidStateError
-from concurrent.futures._base import FINISHED
 from contextlib import contextmanager
-from functools import partial
 from typing import Callable
 
 from .. import _threads, serialization
-from ..callables import CallableCache
 from ..errors import WorkerLostError
 from ..futures import TaskFuture
-from ..kernel.wire import CANCEL, Task
+from ..kernel.wire import CANCEL
 from ..modules import user_modules
 from ..serialization import Blob
 from ..stats import ExecutorStats
-from . import results, scheduler
+from .dispatch import Dispatcher
 from .handle import State, WorkerHandle
+from .intake import Intake
 from .supervisor import Supervisor
-from .work import Batch, WorkItem
+from .work import WorkItem
 
 #: Pools alive, for interpreter exit (see dlexec.executor).
 live_pools: weakref.WeakSet = weakref.WeakSet()
@@ -76,10 +74,8 @@ class Pool:
         self.killed = False  # by kill(): broken on purpose
         self.saturated = False  # see dispatch
         self.task_seconds: float | None = None  # moving average of the tasks' durations
-        self.callables = CallableCache()
-        self.counts = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0}
-        self._counts_lock = threading.Lock()
-        self._ids = itertools.count(1)
+        self.intake = Intake(self.interrupt)
+        self.dispatcher = Dispatcher(self)
         self._names = itertools.count(1)
         self._finisher: threading.Thread | None = None
         self._depth = 0  # nesting of locked()
@@ -115,10 +111,7 @@ class Pool:
 
     def callable_blob(self, fn: Callable) -> Blob:
         """``fn`` serialized (once, if it has not changed since the last call)."""
-        try:
-            return self.callables.blob(fn)
-        except Exception as exc:
-            raise TypeError(f"cannot serialize {fn!r} with dill: {exc}") from exc
+        return self.intake.callable_blob(fn)
 
     def submit_many(self, fn_blob: Blob | BaseException, calls: list[tuple[tuple, dict]], timeout: float | None = None,
                     max_retries: int | None = None, global_shutdown: bool = False) -> list[TaskFuture]:
@@ -127,53 +120,23 @@ class Pool:
         self.check_open(global_shutdown)
         timeout = self.task_timeout if timeout is None else timeout
         max_retries = self.max_retries if max_retries is None else max_retries
-        futures, items = [], []
-        for args, kwargs in calls:
-            future = TaskFuture()
-            future.add_done_callback(self._count)
-            futures.append(future)
-            item = self._item(future, fn_blob, args, kwargs, timeout, max_retries)
-            if item is not None:
-                items.append(item)
+        futures, items = self.intake.items(fn_blob, calls, timeout, max_retries)
         with self.locked():
             self.check_open(global_shutdown)
-            self.counts["submitted"] += len(futures)
+            self.intake.count_submitted(len(futures))
             self.pending.extend(items)
             if items and not self.saturated:  # else nothing can take them now: skip the scheduling pass
                 self.dispatch()
         return futures
 
-    def _item(self, future: TaskFuture, fn_blob: Blob | BaseException, args: tuple, kwargs: dict,
-              timeout: float | None, max_retries: int) -> WorkItem | None:
-        """The work item of one call, or None when it cannot be serialized (its future says why)."""
-        if isinstance(fn_blob, BaseException):
-            future.set_exception(fn_blob)
-            return None
-        modules: set = set()
-        shared: list[Blob] = []
-        try:
-            frames = serialization.dumps_call(args, kwargs, modules=modules, shared=shared)
-        except Exception as exc:  # noqa: BLE001 - as ProcessPoolExecutor: the future carries it
-            future.set_exception(exc)
-            return None
-        blobs = [fn_blob, *shared] if shared else [fn_blob]
-        call_modules = user_modules(modules) if modules else None
-        uses_user_modules = any(map(_uses_user_modules, blobs)) or bool(call_modules)
-        item = WorkItem(next(self._ids), future, frames, blobs, uses_user_modules, timeout, max_retries, call_modules)
-        future._interrupt = partial(self.interrupt, item)
-        return item
-
-    def _count(self, future: TaskFuture) -> None:
-        state = future._state  # final when callbacks run: no need for the future's lock
-        outcome = "done" if state == FINISHED and future._exception is None else (
-            "failed" if state == FINISHED else "cancelled")
-        with self._counts_lock:
-            self.counts[outcome] += 1
+    @property
+    def counts(self) -> dict:
+        """Futures submitted, done, failed, cancelled."""
+        return self.intake.counts
 
     def stats(self) -> ExecutorStats:
         with self.lock:
-            with self._counts_lock:
-                counts = dict(self.counts)
+            counts = self.intake.tally()
             running = sum(len(b.items) for w in self.workers for b in w.inflight)
             pending = len(self.pending)
             runtimes = tuple(w.stats() for w in self.history)
@@ -183,119 +146,16 @@ class Pool:
     # -- dispatch (lock held) ----------------------------------------------------------------
 
     def dispatch(self) -> None:
-        """Send what the scheduler plans; start a runtime if it says so. Runs whenever something
-        changes (a submit, a runtime ready, a reply, a death)."""
-        if self.broken:
-            return
-        self.supervisor.retire_expiring()
-        self.supervisor.retire_idle()
-        while True:
-            plan = scheduler.plan(self.pending, self.workers, self.task_seconds, self.max_workers,
-                                  self.max_tasks_per_child)
-            emptied = False
-            for worker, count in plan.batches:
-                items = []
-                for _ in range(count):
-                    item = self.pending.popleft()
-                    # False: cancelled meanwhile. A requeued item's future is already running.
-                    if item.requeued or item.future.set_running_or_notify_cancel():
-                        items.append(item)
-                if items:
-                    self._send(worker, items)
-                else:
-                    emptied = True
-            if not emptied:  # else a runtime planned for cancelled items only is still free: plan again
-                break
-        if plan.start_worker:
-            worker = self.supervisor.start_worker(f"dlexec-worker-{next(self._names)}")
-            self.workers.append(worker)
-            self.history.append(worker)
-        # Every runtime is busy and no other will start: until something changes (a reply, a
-        # runtime ready, a death: each dispatches again), a new submit only joins the queue.
-        self.saturated = plan.saturated
-
-    def _send(self, worker: WorkerHandle, items: list[WorkItem]) -> None:
-        batch = Batch(items)
-        tasks, frames = [], []
-        now, sent_at = time.time(), time.monotonic()
-        runtime_id = worker.runtime_id
-        for item in items:
-            tasks.append(Task(item.id, len(item.frames), item.timeout, item.blobs[0].key))
-            frames.extend(item.frames)  # kept until done: a retry sends them again
-            item.future.runtime_id, item.future.started_at = runtime_id, now
-            item.sent_at, item.worker = sent_at, worker
-            if item.timeout is not None:
-                self.supervisor.watch()
-        content = {"op": "run", "tasks": tasks}
-        modules = (worker.session.modules_to_ship(_module_names(items))
-                   if any(item.uses_user_modules for item in items) else None)
-        if modules:
-            content["modules"] = modules
-        frames[:0] = worker.blobs_to_send(items, content, fresh=bool(modules))
-        worker.inflight.add(batch)
-        worker.sent += len(items)
-        if self.max_tasks_per_child and worker.sent >= self.max_tasks_per_child:
-            worker.state = State.RETIRING
-        try:
-            worker.session.request(content, frames, on_reply=partial(self._on_reply, worker, batch),
-                                   on_lost=partial(self.supervisor.on_lost, worker),
-                                   on_error=partial(self._on_reply_error, worker, batch))
-        except WorkerLostError as exc:
-            self.break_(exc)
-        except BaseException as exc:  # noqa: BLE001 - this batch cannot be sent: its futures say why
-            worker.inflight.discard(batch)
-            worker.forget_blobs()  # the kernel may or may not have what the batch carried
-            self.later(results.settle, [(item, False, exc) for item in batch.items.values()])
-            batch.items.clear()
-            if not isinstance(exc, Exception):  # Ctrl-C in the submitting thread goes on up
-                raise
-
-    # -- replies (a runtime's I/O thread) ---------------------------------------------------
-
-    def _on_reply(self, worker: WorkerHandle, batch: Batch, msg: dict) -> bool:
-        """A ``run`` reply: settle the futures it reports. True when it is the batch's last."""
-        try:
-            content = msg["content"]
-            done, seconds = results.read_reply(content, msg.get("buffers") or [], batch, worker.runtime_id)
-            final = content.get("final", True)
-            if content.get("status") == "ok":
-                with self.lock:
-                    worker.tasks += len(done)
-                    worker.busy_seconds += seconds
-                    if done:
-                        sample, average = seconds / len(done), self.task_seconds
-                        self.task_seconds = sample if average is None else 0.7 * average + 0.3 * sample
-            results.settle(done)
-            for item, _, _ in done:
-                batch.items.pop(item.id, None)
-            if final:
-                self._batch_done(worker, batch)
-            return final
-        except BaseException as exc:  # noqa: BLE001 - never leave the batch's futures waiting
-            error = RuntimeError(f"dlexec could not handle the reply of runtime {worker.runtime_id}: {exc!r}")
-            error.__cause__ = exc
-            self._on_reply_error(worker, batch, error)
-            return True
-
-    def _on_reply_error(self, worker: WorkerHandle, batch: Batch, error: BaseException) -> None:
-        """A message for this batch could not be handled: its futures fail with ``error``."""
-        results.settle([(item, False, error) for item in list(batch.items.values())])
-        batch.items.clear()
-        self._batch_done(worker, batch)
-
-    def _batch_done(self, worker: WorkerHandle, batch: Batch) -> None:
-        with self.locked():
-            worker.inflight.discard(batch)
-            if not worker.inflight:
-                worker.idle_since = time.monotonic()
-                if self.supervisor.idle_timeout is not None:
-                    self.supervisor.watch()
-                if worker.state is State.RETIRING:
-                    self.remove(worker)
-            self.dispatch()
-            self.changed.notify_all()
+        """Send what the scheduler plans now (see :class:`~.dispatch.Dispatcher`)."""
+        self.dispatcher.dispatch()
 
     # -- the pool's runtimes and queue (lock held) ------------------------------------------
+
+    def start_worker(self) -> None:
+        """One more runtime (it starts in a thread of its own)."""
+        worker = self.supervisor.start_worker(f"dlexec-worker-{next(self._names)}")
+        self.workers.append(worker)
+        self.history.append(worker)
 
     def remove(self, worker: WorkerHandle) -> None:
         """Take a runtime out of the pool and stop it (the one path that does)."""
@@ -447,24 +307,6 @@ class Pool:
         for session in starting:
             _quietly(session.terminate)
         self.shutdown(wait=True)
-
-
-def _uses_user_modules(blob: Blob) -> bool:
-    if blob.uses_user_modules is None:
-        blob.uses_user_modules = bool(user_modules(blob.modules))
-    return blob.uses_user_modules
-
-
-def _module_names(items: list[WorkItem]) -> set[str]:
-    """The modules that a batch's callables, shared objects and arguments refer to."""
-    names: set[str] = set()
-    for item in items:
-        for blob in item.blobs:
-            if _uses_user_modules(blob):  # not only the first: any() in _item stops at it
-                names |= blob.modules
-        if item.modules:
-            names |= item.modules
-    return names
 
 
 def _cancel(items: list[WorkItem]) -> None:
