@@ -26,10 +26,9 @@ import sys
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Callable
 
-from . import _threads, serialization, worker
+from . import _threads, bootstrap, serialization, worker
 from .errors import RuntimeStartError, WorkerLostError
 from .runtimes.base import Runtime
 
@@ -40,40 +39,6 @@ OUTPUT_WAIT = 1.0
 
 #: How a Jupyter Server says it dropped output (its IOPub rate limits): nothing more will come.
 _RATE_LIMITED = ("IOPub data rate exceeded", "IOPub message rate exceeded")
-
-_SOURCES = (
-    ("_dlexec_serialization", Path(serialization.__file__)),
-    ("_dlexec_worker", Path(worker.__file__)),
-)
-
-# Run by the kernel, from a startup file or an execute_request. If the worker cannot be
-# installed (no dill in the kernel...), every dlexec request is answered with the error, so
-# that the client's first one (``info``) reports it rather than waiting for an answer.
-_BOOTSTRAP = """\
-def __dlexec_bootstrap(sources, settings):
-    import sys, types
-    try:
-        for name, source in sources:
-            module = types.ModuleType(name)
-            module.__file__ = "<" + name + ">"
-            sys.modules[name] = module
-            exec(compile(source, module.__file__, "exec"), module.__dict__)
-        sys.modules["_dlexec_worker"].install(settings)
-    except BaseException as exc:
-        error = type(exc).__name__ + ": " + str(exc)
-        kernel = get_ipython().kernel
-
-        def refuse(stream, idents, msg):
-            kernel.session.send(stream, {reply!r}, {{"status": "error", "error": error, "final": True}},
-                                parent=msg, ident=idents)
-
-        kernel.shell_handlers[{request!r}] = refuse
-try:
-    __dlexec_bootstrap({sources!r}, {settings!r})
-finally:
-    del __dlexec_bootstrap
-"""
-
 
 class _Request:
     """One request in flight: where its replies and output go."""
@@ -137,9 +102,7 @@ class KernelChannel:
 
     def bootstrap_code(self) -> str:
         """The code that installs the worker: its source and this runtime's settings."""
-        sources = [(name, path.read_text()) for name, path in _SOURCES]
-        return _BOOTSTRAP.format(sources=sources, settings=self.runtime.worker_settings(), request=worker.REQUEST,
-                                 reply=worker.REPLY)
+        return bootstrap.bootstrap_code(self.runtime.worker_settings())
 
     def install_worker(self, timeout: float, info=None) -> None:
         """Ship the worker's source into the kernel and register its handler (unless the

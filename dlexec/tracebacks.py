@@ -1,6 +1,6 @@
 """Rebuilding remote exceptions on the client.
 
-The kernel side (:func:`dlexec.serialization.dump_exception`) sends an exception with its
+The kernel side (:func:`dlexec.serialization.exceptions.dump_exception`) sends an exception with its
 chained causes and tracebacks (each frame's file, names, lines and positions), plus a text
 rendering. Here the exception is
 rebuilt with its own type, args, causes and remote frames, so that an uncaught error
