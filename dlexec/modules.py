@@ -46,7 +46,7 @@ _files: dict[str, tuple[tuple[int, int], _Source]] = {}  # filename -> ((mtime_n
 class _Source:
     """A module file as read once per version: its source, digest and (lazily) imports."""
 
-    __slots__ = ("filename", "text", "is_package", "digest", "_imports")
+    __slots__ = ("_imports", "digest", "filename", "is_package", "text")
 
     def __init__(self, filename: str, text: str):
         self.filename, self.text = filename, text

@@ -37,6 +37,6 @@ def rebuild_exception(info: dict, frames: list) -> BaseException:
     if info.get("traceback"):
         try:
             error = error.with_traceback(serialization.restore_traceback(info["traceback"]))
-        except Exception:  # noqa: BLE001 - the text is still there
+        except Exception:  # noqa: BLE001, S110 - the text is still there
             pass
     return error

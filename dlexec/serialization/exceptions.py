@@ -184,7 +184,7 @@ def restore_traceback(entries):
     for entry in entries or ():
         try:
             tb = _rebuild_frame(entry)
-        except Exception:  # noqa: BLE001 - a frame that cannot be rebuilt is left out, not the error
+        except Exception:  # noqa: BLE001, S112 - a frame that cannot be rebuilt is left out, not the error
             continue
         if previous is None:
             top = tb

@@ -113,7 +113,7 @@ def dumps(obj, pickler: type[Pickler] | None = None, modules: set | None = None,
             return [_PLAIN + pickle.dumps(obj, PROTOCOL)]
         try:
             return _dump(obj, _PlainPickler, _PLAIN, {}, modules, shared)
-        except Exception:  # noqa: BLE001 - _NeedsDill, or something only dill can pickle
+        except Exception:  # noqa: BLE001, S110 - _NeedsDill, or something only dill can pickle
             pass
         pickler = Pickler
     return _dump(obj, pickler, _DILL, {"recurse": True}, modules, shared)

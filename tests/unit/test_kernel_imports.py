@@ -69,14 +69,15 @@ def _run_kernel(tmp_path, probe: str, args=(), env=None) -> dict:
     code = tmp_path / "bootstrap.py"
     code.write_text(bootstrap.bootstrap_code({}))
     out = subprocess.run([sys.executable, *args, "-c", KERNEL, str(code), probe], capture_output=True, text=True,
-                         cwd=tmp_path, env=env, timeout=120)
+                         check=False, cwd=tmp_path, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_the_kernel_side_imports_only_the_standard_library_dill_and_tblib(tmp_path):
     # (without __main__'s aliases: multiprocessing, which dill imports, names it __mp_main__ too)
-    probe = "print(json.dumps(sorted(n for n in set(sys.modules) - before if sys.modules[n] is not sys.modules['__main__'])))"
+    probe = ("print(json.dumps(sorted(name for name in set(sys.modules) - before "
+             "if sys.modules[name] is not sys.modules['__main__'])))")
     loaded = _run_kernel(tmp_path, probe)
     assert "dlexec.kernel.worker" in loaded
     foreign = [name for name in loaded if name.partition(".")[0] not in sys.stdlib_module_names
@@ -108,5 +109,5 @@ def test_dlexec_is_hidden_without_site(tmp_path):
     """What the test above relies on."""
     env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
     out = subprocess.run([sys.executable, "-S", "-c", "import dill, tblib; import dlexec"], capture_output=True,
-                         text=True, cwd=tmp_path, env=env, timeout=60)
+                         text=True, check=False, cwd=tmp_path, env=env, timeout=60)
     assert "No module named 'dlexec'" in out.stderr
