@@ -17,11 +17,12 @@ imported by name at run time only (``importlib.import_module``), which the closu
 cannot see.
 
 A user module is a loaded ``.py`` module outside the standard library and the
-site-packages folders. dlexec's own modules count as user modules wherever they are
-installed (a runtime need not have dlexec), so they travel when the user's code imports
-them. Local kernels share the client's files and ``sys.path``, so nothing is shipped to
-them. ``ship_modules`` (:func:`check_ship_modules`) turns shipping off, or restricts it
-to some top-level packages.
+site-packages folders. dlexec's own client-side modules count as user modules wherever
+they are installed (a runtime need not have dlexec), so they travel when the user's code
+imports them; its kernel-side modules (:data:`dlexec.bootstrap.KERNEL_MODULES`) never do:
+every kernel has them already, installed by the bootstrap. Local kernels share the
+client's files and ``sys.path``, so nothing is shipped to them. ``ship_modules``
+(:func:`check_ship_modules`) turns shipping off, or restricts it to some top-level packages.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ import sys
 import sysconfig
 from collections.abc import Collection, Iterable
 
-#: Never shipped: the entry points, and the kernels' own names for dlexec's kernel-side code.
-_EXCLUDED_PACKAGES = {"__main__", "__mp_main__", "_dlexec_serialization", "_dlexec_worker"}
+from .bootstrap import KERNEL_MODULES
+
+#: Never shipped: the entry points.
+_EXCLUDED_PACKAGES = {"__main__", "__mp_main__"}
 _is_user: dict[str, bool] = {}
 _files: dict[str, tuple[tuple[int, int], _Source]] = {}  # filename -> ((mtime_ns, size), source)
 
@@ -43,7 +46,7 @@ _files: dict[str, tuple[tuple[int, int], _Source]] = {}  # filename -> ((mtime_n
 class _Source:
     """A module file as read once per version: its source, digest and (lazily) imports."""
 
-    __slots__ = ("filename", "text", "is_package", "digest", "_imports")
+    __slots__ = ("_imports", "digest", "filename", "is_package", "text")
 
     def __init__(self, filename: str, text: str):
         self.filename, self.text = filename, text
@@ -98,6 +101,7 @@ def is_user_module(name: str | None) -> bool:
         filename
         and filename.endswith(".py")
         and top not in _EXCLUDED_PACKAGES
+        and name not in KERNEL_MODULES  # the kernel has them already: never replaced by a shipped copy
         and getattr(module, "__name__", None) == name  # not an alias of a module loaded under another name
         and (top == "dlexec" or not os.path.realpath(filename).startswith(_SYSTEM_DIRS))
     )

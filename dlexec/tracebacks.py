@@ -1,6 +1,6 @@
 """Rebuilding remote exceptions on the client.
 
-The kernel side (:func:`dlexec.serialization.dump_exception`) sends an exception with its
+The kernel side (:func:`dlexec.serialization.exceptions.dump_exception`) sends an exception with its
 chained causes and tracebacks (each frame's file, names, lines and positions), plus a text
 rendering. Here the exception is
 rebuilt with its own type, args, causes and remote frames, so that an uncaught error
@@ -37,6 +37,6 @@ def rebuild_exception(info: dict, frames: list) -> BaseException:
     if info.get("traceback"):
         try:
             error = error.with_traceback(serialization.restore_traceback(info["traceback"]))
-        except Exception:  # noqa: BLE001 - the text is still there
+        except Exception:  # noqa: BLE001, S110 - the text is still there
             pass
     return error

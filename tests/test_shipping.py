@@ -16,6 +16,7 @@ import pytest
 
 import dlexec
 from dlexec import modules, serialization
+from dlexec.bootstrap import KERNEL_MODULES
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -77,9 +78,9 @@ SOURCES = {
 
 
         def shipped():
-            '''The names of the user modules this kernel received from the client.'''
+            '''The names of the user modules this kernel received from the client (not dlexec's own).'''
             finders = [f for f in sys.meta_path if type(f).__name__ == "SourceFinder"]
-            return sorted(finders[0].sources) if finders else []
+            return sorted(name for name in finders[0].sources if not name.startswith("dlexec")) if finders else []
 
 
         def importable(name):
@@ -160,10 +161,11 @@ def test_ship_modules_restricts_to_named_packages(user_code):
 
 
 def test_dlexec_travels_only_when_imported(user_code, tmp_path):
-    (tmp_path / "shipuser.py").write_text("import dlexec.serialization\n\nVALUE = 1\n")
+    (tmp_path / "shipuser.py").write_text("import dlexec.errors\nimport dlexec.serialization\n\nVALUE = 1\n")
     importlib.import_module("shipuser")
     names = _names(modules.sources_to_ship({}, {"shipuser"}))
-    assert {"shipuser", "dlexec", "dlexec.serialization"} <= set(names)
+    assert {"shipuser", "dlexec.errors"} <= set(names)
+    assert not set(names) & KERNEL_MODULES  # every kernel has those already (dlexec.bootstrap)
     assert not any(name.startswith("dlexec") for name in _names(modules.sources_to_ship({}, {"shiptasks"})))
 
 
@@ -188,7 +190,7 @@ def test_executor_ships_what_the_task_needs_and_nothing_else(user_code, jupyter)
         assert ex.submit(tasks.work_pkg, 2).result(timeout=60) == 6  # shippkg and its relative import
         assert ex.submit(probe.shipped).result(timeout=60) == sorted([*TASKS_CLOSURE, "shipprobe"])
         assert ex.submit(probe.importable, "shipsettings").result(timeout=60) is False
-        assert ex.submit(probe.loaded, "dlexec").result(timeout=60) == []
+        assert set(ex.submit(probe.loaded, "dlexec").result(timeout=60)) <= KERNEL_MODULES  # the worker only
 
 
 def test_modules_of_arguments_and_initializers_travel(user_code, jupyter):
@@ -240,8 +242,8 @@ def test_runtime_service_ships_the_modules_of_variables(user_code, jupyter):
     with dlexec.RuntimeService("shipping", **jupyter) as rt:
         rt.set_variable("thing", tasks.Thing(4))
         assert rt.execute_code("value = thing.twice()", output="value") == 8
-        code = ("import sys\nnames = sorted(next(f for f in sys.meta_path "
-                "if type(f).__name__ == 'SourceFinder').sources)")
+        code = ("import sys\nnames = sorted(n for n in next(f for f in sys.meta_path "
+                "if type(f).__name__ == 'SourceFinder').sources if not n.startswith('dlexec'))")
         assert rt.execute_code(code, output="names") == TASKS_CLOSURE
     with dlexec.RuntimeService("shipping-off", ship_modules=False, **jupyter) as rt:
         with pytest.raises(dlexec.ExecutionError, match="shiptasks"):

@@ -10,7 +10,8 @@ both the client and the kernel import this module.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 #: The message types of dlexec's requests (shell), replies (shell) and task stops (control).
 REQUEST = "dlexec_request"

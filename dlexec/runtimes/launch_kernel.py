@@ -2,7 +2,9 @@
 
 :class:`dlexec.runtimes.local.LocalRuntime` runs this file by its path, with the client's own
 Python, for its default kernel (``kernel_name=None``); the arguments are ipykernel's
-(``-f connection.json`` and options). It imports nothing of dlexec.
+(``-f connection.json`` and options). It imports nothing of dlexec: the kernel's startup file
+(``--IPKernelApp.exec_files``) runs the same bootstrap as every kernel (:mod:`dlexec.bootstrap`),
+which imports the worker, ``dlexec.kernel.worker``, from this environment's dlexec.
 
 The one difference with ``ipykernel_launcher``: ipykernel imports debugpy as it creates its
 kernel, to serve the Jupyter debugger (``debug_request`` messages), which dlexec never sends.

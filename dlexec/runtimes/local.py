@@ -391,7 +391,10 @@ class LocalRuntime(Runtime):
             return ""
         start = text.rfind("Fatal Python error")
         if start >= 0:
-            text = text[start:].split('File "<_dlexec_worker>"')[0]
+            text = text[start:]
+            cut = text.find(os.sep + os.path.join("dlexec", "kernel", ""))  # the first frame of dlexec's worker
+            if cut >= 0:
+                text = text[: text.rfind("\n", 0, cut) + 1]
         kept = [line for line in text.strip().splitlines() if line.strip()]
         return "\n".join(kept[-lines:])
 
