@@ -403,8 +403,6 @@ def _make_backend_class() -> type:
     return DatalayerBackend
 
 
-
-
 def _check_options(options: dict) -> None:
     if "backend" in options:
         raise TypeError(

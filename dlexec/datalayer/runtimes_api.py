@@ -29,7 +29,6 @@ def terminate_command(pod_name: str) -> str:
     return f"dlexec runtimes terminate {shlex.quote(pod_name)}"
 
 
-
 class RuntimesAPI(Transport):
     """The runtimes part of :class:`~dlexec.datalayer.DatalayerClient` (which also gives it
     ``get_environment`` and ``_find_snapshot``)."""
@@ -168,7 +167,6 @@ def check_time_reservation(minutes: Any) -> float:
         raise ValueError(f"time_reservation must be a positive number of minutes (the runtime's credits limit is "
                          f"its burning rate x 60 x time_reservation), not {minutes!r}: pass e.g. time_reservation=10")
     return float(minutes)
-
 
 
 def _brief(exc: BaseException) -> str:

@@ -116,7 +116,6 @@ class Transport:
         return body
 
 
-
 def _error(method: str, url: str, status: int, message: str, attempts: int) -> DatalayerError:
     kind = DatalayerError
     if status in (401, 403):
@@ -130,7 +129,6 @@ def _error(method: str, url: str, status: int, message: str, attempts: int) -> D
     if status >= 500:
         message += _tries(attempts)
     return kind(message, status=status, url=url, method=method)
-
 
 
 def _not_sent(exc: requests.RequestException) -> bool:
@@ -180,8 +178,6 @@ def _no_capacity(response: requests.Response, body: dict) -> bool:
     """Whether a create was refused by the API itself for lack of capacity (doc: R1 503): its JSON
     answer with ``success: false``, not a gateway's 503 (then the request may have gone through)."""
     return response.status_code == 503 and body.get("success") is False
-
-
 
 
 def _describe(exc: requests.RequestException, timeout: float) -> str:
