@@ -24,16 +24,22 @@ _EXPORTS = {
     "DatalayerError": "errors",
     "ExecutionError": "errors",
     "InitializerFailed": "errors",
+    "NotFoundError": "errors",
     "RemoteError": "errors",
     "RuntimeStartError": "errors",
+    "TerminatedBySignal": "errors",
+    "UnknownNameError": "errors",
     "WorkerLostError": "errors",
+    "DatalayerClient": "datalayer",
     "DatalayerExecutor": "executor",
     "TaskFuture": "futures",
+    "progress": "_progress",
     "register_joblib": "joblib_backend",
     "get_reusable_executor": "reusable",
     "Shared": "serialization",
     "ExecutionResponse": "service",
     "RuntimeService": "service",
+    "Runtime": "runtimes.base",
     "RuntimeSnapshotModel": "snapshots",
     "ExecutorStats": "stats",
     "RuntimeStats": "stats",
@@ -41,9 +47,9 @@ _EXPORTS = {
 
 #: Submodules reachable as attributes (``dlexec.runtimes``...) before anything imported them.
 _SUBMODULES = frozenset({
-    "callables", "channel", "cli", "datalayer", "errors", "executor", "futures", "joblib_backend", "modules",
-    "progress", "reusable", "runtimes", "secrets", "serialization", "service", "snapshots", "stats",
-    "tracebacks", "urls", "worker",
+    "callables", "channel", "cli", "datalayer", "errors", "executor", "futures", "joblib_backend", "joblib_batches",
+    "modules", "reusable", "runtimes", "secrets", "serialization", "service", "snapshots", "stats", "tracebacks",
+    "urls", "worker",
 })
 
 
@@ -63,10 +69,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__) | _SUBMODULES)
 
 
-# Not lazy: importing the submodule dlexec.progress (executor.map does) would make
-# ``dlexec.progress`` the module rather than the function.
-from .progress import progress  # noqa: E402
-from . import _joblib_hook  # noqa: E402 - after __getattr__: the hook may run at once (joblib already imported)
+from . import _joblib_hook  # after __getattr__: the hook may run at once (joblib already imported)
 
 _joblib_hook.install()
 
@@ -74,19 +77,24 @@ __all__ = [
     "AuthenticationError",
     "BrokenProcessPool",
     "CapacityError",
+    "DatalayerClient",
     "DatalayerError",
     "DatalayerExecutor",
     "ExecutionError",
     "ExecutionResponse",
     "ExecutorStats",
     "InitializerFailed",
+    "NotFoundError",
     "RemoteError",
+    "Runtime",
     "RuntimeService",
-    "RuntimeStats",
     "RuntimeSnapshotModel",
     "RuntimeStartError",
+    "RuntimeStats",
     "Shared",
     "TaskFuture",
+    "TerminatedBySignal",
+    "UnknownNameError",
     "WorkerLostError",
     "get_reusable_executor",
     "progress",

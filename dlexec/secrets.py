@@ -164,6 +164,16 @@ class RedactingLogger(logging.LoggerAdapter):
 
 
 __all__ = [
-    "INSECURE_ENV", "MASK", "RedactingLogger", "SECRET_HEADERS", "SECRET_KEYS", "SecretSession", "check_token",
-    "check_transport", "insecure_allowed", "is_loopback", "mask_keys", "redact",
+    "INSECURE_ENV",
+    "MASK",
+    "SECRET_HEADERS",
+    "SECRET_KEYS",
+    "RedactingLogger",
+    "SecretSession",
+    "check_token",
+    "check_transport",
+    "insecure_allowed",
+    "is_loopback",
+    "mask_keys",
+    "redact",
 ]

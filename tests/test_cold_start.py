@@ -43,7 +43,7 @@ def test_import_dlexec_imports_nothing_heavy(tmp_path):
         """, tmp_path)
     heavy, submodules = out.splitlines()
     assert heavy == "[]"
-    assert submodules == "['dlexec._joblib_hook', 'dlexec.progress']"
+    assert submodules == "['dlexec._joblib_hook']"
 
 
 def test_public_names_resolve_on_first_use(tmp_path):
@@ -59,7 +59,7 @@ def test_public_names_resolve_on_first_use(tmp_path):
             dlexec.no_such_name
         except AttributeError as exc:
             print("AttributeError:", exc)
-        import dlexec.progress  # the submodule: the package's name stays the function
+        import dlexec._progress  # the submodule: the package's name stays the function
         assert callable(dlexec.progress) and not isinstance(dlexec.progress, type(dlexec))
         assert dlexec.runtimes.BACKENDS == ("local", "jupyter", "datalayer")  # a submodule on first use
         from dlexec import DatalayerExecutor, RuntimeService, Shared, TaskFuture  # noqa: F401

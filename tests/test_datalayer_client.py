@@ -16,9 +16,9 @@ from dlexec.datalayer import (
     DatalayerError,
     NotFoundError,
     UnknownNameError,
-    _server_message,
     terminate_command,
 )
+from dlexec.datalayer.transport import _server_message
 
 pytestmark = pytest.mark.timeout(60)
 ENV_VARS = ("DATALAYER_API_KEY", "DATALAYER_EXTERNAL_TOKEN", "DATALAYER_RUN_URL", "DATALAYER_IAM_URL")

@@ -130,14 +130,14 @@ def test_the_process_exits_after_a_result_whose_unpickling_exits(tmp_path):
 
 
 def test_an_io_thread_that_fails_fails_its_futures_and_shutdown_ends(monkeypatch):
-    from dlexec.runtimes import local
+    from dlexec.runtimes import local_io
 
     def broken_drain(self, sock, channel):
         raise SystemExit("simulated failure in the I/O thread")
 
     with DatalayerExecutor(1, backend="local") as ex:
         assert ex.submit(square, 2).result(timeout=60) == 4
-        monkeypatch.setattr(local.LocalRuntime, "_drain", broken_drain)
+        monkeypatch.setattr(local_io.KernelIO, "_drain", broken_drain)
         future = ex.submit(time.sleep, 0.5)
         with pytest.raises(WorkerLostError, match="simulated failure in the I/O thread"):
             future.result(timeout=30)

@@ -166,7 +166,7 @@ def test_a_read_timeout_on_create_is_reconciled_not_retried(paid):
 
 
 def test_a_create_refused_fails_at_once_and_creates_nothing(paid, monkeypatch):
-    from dlexec.datalayer import _not_sent
+    from dlexec.datalayer.transport import _not_sent
 
     # Connection refused: the request never left, so nothing was created; and nothing listening
     # is a wrong URL or a service that is down, not worth retrying (issue 14): a clear error now.

@@ -44,7 +44,7 @@ def no_network(monkeypatch):
         raise AssertionError("a request was sent")
 
     monkeypatch.setattr(requests.Session, "send", refuse)
-    monkeypatch.setattr("dlexec.runtimes.jupyter._connect_tcp", refuse)
+    monkeypatch.setattr("dlexec.runtimes.jupyter_ws._connect_tcp", refuse)
     yield sent
     assert sent == []
 

@@ -22,34 +22,38 @@ back and a lost connection all count as the kernel's death.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import queue
-import socket
-import struct
 import threading
 import time
-import urllib.parse
 
 import requests
 from jupyter_client.session import Session
 
 from .. import _threads
 from ..errors import RuntimeStartError
-from ..secrets import SECRET_HEADERS, RedactingLogger, SecretSession, check_token, check_transport, redact
+from ..secrets import SECRET_HEADERS, SecretSession, check_token, check_transport, redact
+from . import jupyter_ws
 from .base import Runtime
+from .jupyter_ws import (  # noqa: F401 - the codec's names, re-exported
+    V1_SUBPROTOCOL,
+    decode_json_binary,
+    decode_v1,
+    encode_json_binary,
+    encode_v1,
+)
+from .lifecycle import TerminateOnce
 
 _log = logging.getLogger("dlexec")
 
-V1_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
 #: How the token is sent: "token" (Jupyter's header, HTTP and WebSocket) or "bearer" (the SDK's:
 #: a Bearer header on HTTP, the ``token`` query parameter on the WebSocket).
 AUTH_SCHEMES = ("token", "bearer")
-_TORNADO_MAX_MESSAGE = 10 * 2**20  # what a Jupyter Server accepts in one message by default
 _STOP = object()
 
 
-class JupyterServerRuntime(Runtime):
+class JupyterServerRuntime(TerminateOnce, Runtime):
     """A kernel started by this process on a Jupyter Server, deleted on terminate."""
 
     kind = "jupyter"
@@ -98,11 +102,8 @@ class JupyterServerRuntime(Runtime):
         self._ws = None
         self._outbox: queue.Queue = queue.Queue()
         self._threads: list[threading.Thread] = []
-        self._stopping = False
         self._restart_until = 0.0  # time.monotonic() until which a restart is expected
-        self._exit_reason: str | None = None
-        self._lock = threading.Lock()
-        self._terminate_lock = threading.Lock()
+        self._init_terminate_once()
 
     @property
     def id(self) -> str:
@@ -144,44 +145,8 @@ class JupyterServerRuntime(Runtime):
             raise
 
     def _connect(self, timeout: float) -> None:
-        from websockets.sync.client import connect
-
-        parts = urllib.parse.urlsplit(self.url)
-        scheme = "wss" if parts.scheme == "https" else "ws"
-        params = {"session_id": self._session.session}
-        headers = dict(self._http.headers)
-        headers.pop("Accept-Encoding", None)
-        if self.auth == "bearer" and self.token:  # the SDK's form: in the query, not in a header
-            params["token"] = self.token
-            headers.pop("Authorization", None)
-        path = f"{parts.path}/api/kernels/{self.kernel_id}/channels"
-        ws_url = urllib.parse.urlunsplit((scheme, parts.netloc, path, urllib.parse.urlencode(params), ""))
-        # What errors show: the URL without its query (session id and, above all, the token).
-        shown_url = urllib.parse.urlunsplit((scheme, parts.netloc, path, "", ""))
-        protocols = [V1_SUBPROTOCOL] if self.subprotocol_choice in ("auto", V1_SUBPROTOCOL) else None
-        try:
-            sock = _connect_tcp(parts.hostname, parts.port or (443 if scheme == "wss" else 80), timeout)
-            self._ws = connect(
-                ws_url,
-                sock=sock,
-                subprotocols=protocols,
-                additional_headers={k: v for k, v in headers.items() if k.lower() not in ("accept", "connection")},
-                open_timeout=timeout,
-                max_size=None,
-                compression=None,
-                ping_interval=30,
-                ping_timeout=None,
-                ssl=None if scheme == "ws" else _ssl_context(self._http.verify),
-                # websockets logs the handshake's headers at DEBUG: the token must not be in them
-                logger=RedactingLogger(logging.getLogger("websockets.client"), [self.token]),
-            ).__enter__()  # the context-manager form (websockets >= 17.1 deprecates the other)
-        except Exception as exc:  # noqa: BLE001 - every failure here means: cannot reach the kernel
-            reason = redact(str(exc), self.token)
-            hint = " (check the token)" if _status(exc) in (401, 403) else ""
-            error = RuntimeStartError(f"cannot open the kernel WebSocket {shown_url}: {reason}{hint}",
-                                      status=_status(exc))
-            # The library's exception may quote the URL, and so the token: then it is not chained.
-            raise error from (None if self.token and _mentions(exc, self.token) else exc)
+        self._ws = jupyter_ws.open_websocket(self.url, self.kernel_id, self._session.session, self._http, self.token,
+                                             self.auth, self.subprotocol_choice, timeout)
         self.subprotocol = self._ws.subprotocol
         for target, name in ((self._receive_loop, "recv"), (self._send_loop, "send")):
             thread = threading.Thread(target=target, name=f"dlexec-ws-{name}-{self.name}", daemon=True)
@@ -197,7 +162,7 @@ class JupyterServerRuntime(Runtime):
         # The JSON parts are made here, in the caller's thread: a message that cannot be sent
         # (content that is not JSON) fails its caller, not the send thread. The frame itself
         # (a copy of every buffer) is built by the send thread.
-        self._outbox.put((channel, self._serialize(channel, msg), list(buffers)))
+        self._outbox.put((channel, jupyter_ws.serialize(self._session, self.subprotocol, channel, msg), list(buffers)))
 
     def interrupt(self) -> None:
         if self.kernel_id:
@@ -226,25 +191,11 @@ class JupyterServerRuntime(Runtime):
             return False
         return response.ok and response.json().get("execution_state") != "dead"
 
-    @property
-    def exit_reason(self) -> str | None:
-        return self._exit_reason
-
-    def terminate(self) -> None:
-        with self._terminate_lock:  # a second caller waits until the kernel is really gone
-            with self._lock:
-                if self._stopping:
-                    return
-                self._stopping = True
-            self._terminate()
-
     def _terminate(self) -> None:
         self._outbox.put(_STOP)
         if self._ws is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._ws.close()
-            except Exception:  # noqa: BLE001
-                pass
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=5)
@@ -282,11 +233,11 @@ class JupyterServerRuntime(Runtime):
                 return
             frame = b""
             try:
-                frame = self._frame(*item)
+                frame = jupyter_ws.frame(self.subprotocol, *item)
                 self._ws.send(frame)
             except BaseException as exc:  # noqa: BLE001 - the thread never ends silently
                 reason = f"the connection to kernel {self.id} failed while sending: {exc!r}"
-                if len(frame) > _TORNADO_MAX_MESSAGE:
+                if len(frame) > jupyter_ws.TORNADO_MAX_MESSAGE:
                     reason += (f"; the message was {len(frame) / 2**20:.0f} MiB and Jupyter Servers refuse more than "
                                "10 MiB unless configured otherwise (tornado's websocket_max_message_size)")
                 self._died(reason)
@@ -296,10 +247,8 @@ class JupyterServerRuntime(Runtime):
                 del frame, item  # a large payload is not kept alive while the queue is empty
 
     def _close_quietly(self) -> None:
-        try:
+        with contextlib.suppress(BaseException):
             self._ws.close()
-        except BaseException:  # noqa: BLE001
-            pass
 
     def _receive_loop(self) -> None:
         """The receive thread: per message, whatever fails is logged and the next one read;
@@ -307,7 +256,7 @@ class JupyterServerRuntime(Runtime):
         try:
             for frame in self._ws:
                 try:
-                    channel, msg = self._decode(frame)
+                    channel, msg = jupyter_ws.decode(self._session, self.subprotocol, frame)
                 except Exception:  # noqa: BLE001 - a bad frame must not stop the thread
                     _log.exception("dlexec: cannot parse a message from kernel %s", self.id)
                     continue
@@ -349,151 +298,3 @@ class JupyterServerRuntime(Runtime):
                 return
             self._exit_reason = reason
         self.on_exit(reason)
-
-    # -- framing ------------------------------------------------------------------------------
-
-    def _serialize(self, channel: str, msg: dict):
-        """The message's JSON: four parts (v1 protocol) or one document (the default protocol)."""
-        if self.subprotocol == V1_SUBPROTOCOL:
-            return self._session.serialize(msg)[2:]  # header, parent, metadata, content (no signature)
-        wire = {
-            "header": msg["header"],
-            "parent_header": msg["parent_header"],
-            "metadata": msg["metadata"],
-            "content": msg["content"],
-            "channel": channel,
-        }
-        return self._session.pack(wire)
-
-    def _frame(self, channel: str, head, buffers: list):
-        """One WebSocket frame: the JSON made by :meth:`_serialize` and the buffers."""
-        if self.subprotocol == V1_SUBPROTOCOL:
-            return encode_v1(channel, [*head, *buffers])
-        if not buffers:
-            return head.decode("utf-8")
-        return encode_json_binary(head, buffers)
-
-    def _decode(self, frame) -> tuple[str, dict]:
-        if isinstance(frame, bytes):
-            # Buffers become NumPy arrays and such: over a read-only frame they would be
-            # read-only, unlike a ProcessPoolExecutor's results. One copy makes them writable.
-            frame = bytearray(frame)
-        if self.subprotocol == V1_SUBPROTOCOL:
-            channel, parts = decode_v1(frame)
-            # The four JSON parts as bytes (not every JSON unpacker takes a memoryview);
-            # the buffers stay views into the frame, uncopied.
-            parts[:4] = [bytes(part) for part in parts[:4]]
-            return channel, self._session.deserialize([b"", *parts], content=True)
-        if isinstance(frame, str):
-            msg, buffers = json.loads(frame), []
-        else:
-            head, buffers = decode_json_binary(frame)
-            msg = json.loads(bytes(head))
-        channel = msg.pop("channel", "iopub")
-        msg.setdefault("metadata", {})
-        msg["msg_id"] = msg["header"].get("msg_id")
-        msg["msg_type"] = msg["header"].get("msg_type")
-        msg["buffers"] = buffers
-        return channel, msg
-
-
-def _status(exc: BaseException) -> int | None:
-    """The HTTP status of a refused WebSocket handshake (websockets' ``InvalidStatus``), if any."""
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def _mentions(exc: BaseException, secret: str) -> bool:
-    """Whether ``secret`` is in the exception or anything it chains to."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if secret in str(exc) or secret in repr(exc) or any(secret in repr(arg) for arg in exc.args):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def encode_v1(channel: str, parts: list) -> bytes:
-    """``v1.kernel.websocket.jupyter.org``: 8-byte little-endian offsets, channel, parts."""
-    channel_bytes = channel.encode("utf-8")
-    offsets = [8 * (1 + 1 + len(parts) + 1)]
-    offsets.append(offsets[-1] + len(channel_bytes))
-    for part in parts:
-        offsets.append(offsets[-1] + memoryview(part).nbytes)
-    head = struct.pack(f"<{len(offsets) + 1}Q", len(offsets), *offsets)
-    return b"".join([head, channel_bytes, *parts])
-
-
-def decode_v1(frame: bytes) -> tuple[str, list]:
-    view = memoryview(frame)
-    count = struct.unpack_from("<Q", view, 0)[0]
-    offsets = struct.unpack_from(f"<{count}Q", view, 8)
-    channel = bytes(view[offsets[0] : offsets[1]]).decode("utf-8")
-    parts = [view[offsets[i] : offsets[i + 1]] for i in range(1, count - 1)]
-    return channel, parts
-
-
-def encode_json_binary(head: bytes, buffers: list) -> bytes:
-    """The default protocol's binary frame: 4-byte big-endian count and offsets, JSON, buffers."""
-    chunks = [head, *buffers]
-    offsets = [4 * (len(chunks) + 1)]
-    for chunk in chunks[:-1]:
-        offsets.append(offsets[-1] + memoryview(chunk).nbytes)
-    return b"".join([struct.pack(f"!{len(chunks) + 1}I", len(chunks), *offsets), *chunks])
-
-
-def decode_json_binary(frame: bytes) -> tuple[memoryview, list]:
-    view = memoryview(frame)
-    count = struct.unpack_from("!I", view, 0)[0]
-    offsets = [*struct.unpack_from(f"!{count}I", view, 4), len(view)]
-    chunks = [view[offsets[i] : offsets[i + 1]] for i in range(count)]
-    return chunks[0], chunks[1:]
-
-
-class _QuickAckSocket(socket.socket):
-    """A TCP socket that acknowledges at once what it receives.
-
-    Jupyter Server does not disable Nagle's algorithm on its WebSockets, so it holds a
-    small frame (a reply) until the previous one (a status message) is acknowledged, and
-    Linux delays acknowledgements by up to 40 ms: every round trip would take 40 ms.
-    """
-
-    if hasattr(socket, "TCP_QUICKACK"):
-
-        def recv(self, bufsize, flags=0):
-            self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-            return super().recv(bufsize, flags)
-
-        def recv_into(self, buffer, nbytes=0, flags=0):
-            self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-            return super().recv_into(buffer, nbytes, flags)
-
-
-def _connect_tcp(host: str, port: int, timeout: float) -> socket.socket:
-    error: Exception | None = None
-    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        sock = _QuickAckSocket(family, kind, proto)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(address)
-            sock.settimeout(None)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
-        except OSError as exc:
-            sock.close()
-            error = exc
-    raise error or OSError(f"cannot resolve {host}")
-
-
-def _ssl_context(verify):
-    import ssl
-
-    if verify is False:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    if isinstance(verify, str):
-        return ssl.create_default_context(cafile=verify)
-    return ssl.create_default_context()

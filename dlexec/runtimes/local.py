@@ -20,15 +20,12 @@ jupyter-client as usual, and gets the worker by a first ``execute_request``.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import shutil
 import signal
 import sys
 import tempfile
-import threading
-import time
 
 import zmq
 from jupyter_client import KernelManager
@@ -36,9 +33,10 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 
 from .. import _threads
 from .base import Runtime, RuntimeStartError
+from .lifecycle import TerminateOnce
+from .local_io import KernelIO
 
 _log = logging.getLogger("dlexec")
-_POLL_MS = 100  # how often the I/O thread checks that the kernel process is alive
 _LOG_TAIL_LINES = 20
 #: Milliseconds between two attempts of a client socket to reach a kernel that is not yet
 #: listening (ZeroMQ's default is 100, which a kernel's first answer would wait for on average half of).
@@ -86,7 +84,7 @@ def _zmq_context() -> zmq.Context:
     return _context[1]
 
 
-class LocalRuntime(Runtime):
+class LocalRuntime(TerminateOnce, Runtime):
     """An ipykernel child process of this Python process."""
 
     kind = "local"
@@ -111,13 +109,8 @@ class LocalRuntime(Runtime):
         self._restarting = False
         self._dir: str | None = None
         self._log_path: str | None = None
-        self._outbox: collections.deque = collections.deque()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._exit_reason: str | None = None
-        self._terminate_lock = threading.Lock()
+        self._io: KernelIO | None = None  # the I/O thread, once started (see local_io)
+        self._init_terminate_once()
         self._startup_code = None  # () -> code the kernel runs as it starts (see run_at_start)
 
     @property
@@ -184,15 +177,17 @@ class LocalRuntime(Runtime):
             name = self.kernel_name or OWN_KERNEL
             raise RuntimeStartError(f"could not start a local kernel ({name!r}): {exc}") from exc
         self._session = km.session
-        self._sockets = {
+        sockets = {
             "shell": km.connect_shell(identity=km.session.bsession),
             "control": km.connect_control(identity=km.session.bsession),
             "iopub": km.connect_iopub(),
         }
-        for sock in self._sockets.values():
+        for sock in sockets.values():
             sock.linger = 0
-        self._thread = threading.Thread(target=self._io_loop, name=f"dlexec-io-{self.name}", daemon=True)
-        _threads.start(self._thread)
+        self._io = KernelIO(self.name, km.session, sockets, label=lambda: self.id,
+                            on_message=lambda channel, msg: self.on_message(channel, msg),
+                            exit_code=self._exit_code, stopping=lambda: self._stopping, on_end=self._io_ended)
+        self._io.start()
 
     def message(self, msg_type: str, content: dict, metadata: dict | None = None) -> dict:
         return self._session.msg(msg_type, content, metadata=metadata)
@@ -205,8 +200,7 @@ class LocalRuntime(Runtime):
         parts = self._session.serialize(msg)
         parts.extend(buffers)
         copy = max(memoryview(part).nbytes for part in parts) < self._session.copy_threshold
-        self._outbox.append((channel, parts, copy))
-        self._wake()
+        self._io.send(channel, parts, copy)
 
     def interrupt(self) -> None:
         if self._km is not None and self.is_alive():
@@ -226,27 +220,15 @@ class LocalRuntime(Runtime):
             self._restarting = False
 
     def io_alive(self) -> bool:
-        return self._thread is not None and (self._thread.is_alive() or self._stopping)
+        return self._io is not None and (self._io.is_alive() or self._stopping)
 
     def is_alive(self) -> bool:
         process = self._process
         return process is not None and process.poll() is None
 
-    @property
-    def exit_reason(self) -> str | None:
-        return self._exit_reason
-
-    def terminate(self) -> None:
-        with self._terminate_lock:  # a second caller waits until the kernel is really gone
-            if self._stopping:
-                return
-            self._stopping = True
-            self._terminate()
-
     def _terminate(self) -> None:
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._wake()
-            self._thread.join(timeout=5)
+        if self._io is not None:
+            self._io.stop()
         km = self._km
         if km is not None:
             try:
@@ -262,11 +244,6 @@ class LocalRuntime(Runtime):
                 km._close_control_socket()
             except Exception:  # noqa: BLE001 - termination must not raise, but say why
                 _log.warning("dlexec: could not stop kernel %s", self.id, exc_info=True)
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
         if self._log is not None:
             self._log.close()
         if self._dir is not None:
@@ -281,27 +258,25 @@ class LocalRuntime(Runtime):
         kernel_id = self._km.kernel_id if self._km is not None else None
         return {**super().describe(), "pid": self.pid, "kernel_id": kernel_id, "directory": self._dir}
 
-    # -- the I/O thread -----------------------------------------------------------------------
+    # -- what the I/O thread (local_io.KernelIO) reports ------------------------------------------
 
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:  # full (the thread has plenty to wake it) or already closed
-            pass
+    def _exit_code(self) -> int | None:
+        """The kernel process's exit code once it ended; None while it runs, or restarts."""
+        process = self._process
+        if not self._restarting and process is not None and process.poll() is not None:
+            return process.returncode
+        return None
 
-    def _io_loop(self) -> None:
-        """The I/O thread: if it has to stop for any reason but terminate(), that is the
-        kernel's death for the client (``on_exit``), never a silent end."""
-        try:
-            self._io_loop_body()
-        except BaseException as exc:  # noqa: BLE001 - reported as the kernel's end, below
+    def _io_ended(self, code: int | None, error: BaseException | None) -> None:
+        """The I/O thread ended: if for any reason but terminate(), that is the kernel's death
+        for the client (``on_exit``), never a silent end."""
+        if error is not None:
             if self._exit_reason is None:
-                self._exit_reason = f"dlexec's I/O thread for kernel {self.id} failed: {exc!r}"
-            _log.error("dlexec: %s", self._exit_reason, exc_info=True)
+                self._exit_reason = f"dlexec's I/O thread for kernel {self.id} failed: {error!r}"
+            _log.error("dlexec: %s", self._exit_reason, exc_info=error)
             self._kill()  # nobody can talk to it any more
-        finally:
-            for sock in self._sockets.values():
-                sock.close(linger=0)
+        elif code is not None:
+            self._exit_reason = self._describe_exit(code)
         if self._exit_reason is not None and not self._stopping:
             self.on_exit(self._exit_reason)
 
@@ -309,56 +284,6 @@ class LocalRuntime(Runtime):
         process = self._process
         if process is not None and process.poll() is None:
             _kill_group(process, getattr(self._km.provisioner, "pgid", None))
-
-    def _io_loop_body(self) -> None:
-        poller = zmq.Poller()
-        by_socket = {}
-        for channel, sock in self._sockets.items():
-            poller.register(sock, zmq.POLLIN)
-            by_socket[sock] = channel
-        poller.register(self._wake_r, zmq.POLLIN)
-        next_check = 0.0
-        while not self._stopping:
-            events = dict(poller.poll(_POLL_MS))
-            if self._wake_r in events:
-                try:
-                    os.read(self._wake_r, 65536)
-                except BlockingIOError:
-                    pass
-            while self._outbox:
-                channel, parts, copy = self._outbox.popleft()
-                self._sockets[channel].send_multipart(parts, copy=copy)
-            for sock, channel in by_socket.items():
-                if sock in events:
-                    self._drain(sock, channel)
-            now = time.monotonic()
-            if now >= next_check or not events:
-                next_check = now + _POLL_MS / 1000
-                process = self._process
-                if not self._restarting and process is not None and process.poll() is not None:
-                    for sock, channel in by_socket.items():  # what it said before dying
-                        self._drain(sock, channel)
-                    self._exit_reason = self._describe_exit(process.returncode)
-                    return
-
-    def _drain(self, sock, channel: str) -> None:
-        session = self._session
-        while True:
-            try:
-                idents, msg = session.recv(sock, mode=zmq.NOBLOCK, content=True, copy=False)
-            except zmq.Again:
-                return
-            except zmq.ZMQError:
-                raise  # the socket itself failed: the loop ends, and says why
-            except Exception:  # noqa: BLE001 - a bad message (a wrong signature...) is dropped
-                _log.warning("dlexec: dropped a malformed %s message from kernel %s", channel, self.id, exc_info=True)
-                continue
-            if msg is None:
-                return
-            try:
-                self.on_message(channel, msg)
-            except BaseException:  # noqa: BLE001 - a handler's failure must not stop the I/O thread
-                _log.exception("dlexec: error while handling a %s message", channel)
 
     def _describe_exit(self, code: int) -> str:
         if code < 0:
