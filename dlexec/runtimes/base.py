@@ -77,7 +77,7 @@ class Runtime(abc.ABC):
         return False
 
     def worker_settings(self) -> dict:
-        """Settings for :func:`dlexec.worker.install` in this kernel (see there)."""
+        """Settings for :func:`dlexec.kernel.worker.install` in this kernel (see there)."""
         return {}
 
     def describe(self) -> dict:
