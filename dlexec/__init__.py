@@ -47,9 +47,9 @@ _EXPORTS = {
 
 #: Submodules reachable as attributes (``dlexec.runtimes``...) before anything imported them.
 _SUBMODULES = frozenset({
-    "callables", "channel", "cli", "datalayer", "errors", "executor", "futures", "joblib_backend", "joblib_batches",
-    "modules", "reusable", "runtimes", "secrets", "serialization", "service", "snapshots", "stats", "tracebacks",
-    "urls", "worker",
+    "bootstrap", "callables", "channel", "cli", "datalayer", "errors", "execution", "executor", "futures",
+    "joblib_backend", "joblib_batches", "kernel", "models", "modules", "pool", "reusable", "runtimes", "secrets",
+    "serialization", "service", "session", "snapshots", "spec", "stats", "tracebacks", "urls", "view",
 })
 
 
@@ -69,7 +69,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__) | _SUBMODULES)
 
 
-from . import _joblib_hook  # after __getattr__: the hook may run at once (joblib already imported)
+from . import _joblib_hook  # noqa: E402 - after __getattr__: the hook may run at once (joblib already imported)
 
 _joblib_hook.install()
 

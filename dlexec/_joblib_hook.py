@@ -42,7 +42,7 @@ def _register() -> None:
         _log.warning("dlexec: could not register the 'datalayer' joblib backend", exc_info=True)
 
 
-def _uninstall() -> None:
+def uninstall() -> None:
     sys.meta_path = [finder for finder in sys.meta_path if not isinstance(finder, _Finder)]
 
 
@@ -83,7 +83,7 @@ class _RegisteringLoader:
         try:
             self._loader.exec_module(module)
         finally:
-            _uninstall()
+            uninstall()
             module.__loader__ = self._loader
             if getattr(module, "__spec__", None) is not None:
                 module.__spec__.loader = self._loader

@@ -26,7 +26,7 @@ _ROOT = Path(__file__).resolve().parent
 #: The packages that run in a kernel, all of their modules.
 _KERNEL_PACKAGES = ("kernel", "serialization")
 #: ``import dlexec`` runs these too (``dlexec/__init__.py`` imports them eagerly).
-_TOP_LEVEL = ("__init__", "_joblib_hook", "progress")
+_TOP_LEVEL = ("__init__", "_joblib_hook")
 _FINDER = "dlexec.kernel.finder"
 
 

@@ -280,7 +280,7 @@ class DatalayerExecutor(Executor):
         if chunksize > 1:
             results = _chain_from_iterable_of_lists(results)
         if progress:
-            from .progress import progress as show
+            from ._progress import progress as show
 
             results = show(results, total=total, **(progress if isinstance(progress, dict) else {}))
         return results

@@ -107,7 +107,7 @@ def display(pool) -> None:
     """Show the view of ``pool`` in the current IPython front end (``_ipython_display_``)."""
     from IPython.display import display as show
 
-    from .progress import _in_notebook, notebook_widgets
+    from ._progress import _in_notebook, notebook_widgets
 
     html, text = render(pool), render_text(pool)
     if not _in_notebook() or _finished(pool):

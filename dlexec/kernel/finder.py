@@ -78,7 +78,7 @@ def bootstrap(entries: list, settings: dict):
     if not joblib_hooked and "dlexec._joblib_hook" in sys.modules:
         # ``import dlexec`` makes joblib register dlexec's backend once imported: a client's
         # business, not a kernel's (it would import dlexec's client side when a task imports joblib).
-        sys.modules["dlexec._joblib_hook"]._uninstall()
+        sys.modules["dlexec._joblib_hook"].uninstall()
     return worker.install(settings, finder=finder)
 
 
