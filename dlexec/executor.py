@@ -299,7 +299,8 @@ class DatalayerExecutor(Executor):
 
         ``timeout``: seconds a task may run; past that it is stopped and its future raises
         ``TimeoutError``. ``max_retries``: how many dying runtimes a task survives (it is
-        resubmitted to another one). Unset ones keep the executor's defaults.
+        resubmitted to another one). Unset ones keep the executor's defaults. The view shares
+        the executor's runtimes: leaving a ``with`` block over it does not shut them down.
         """
         return _Options(self, timeout, max_retries)
 
@@ -380,7 +381,12 @@ class _Options(Executor):
     share = DatalayerExecutor.share
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Shut the executor down (this view shares its runtimes)."""
         self._executor.shutdown(wait, cancel_futures=cancel_futures)
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        """Leaving a ``with`` block over a view leaves the executor, which owns the runtimes, running."""
+        return False
 
 
 def _blob(pool: Pool, fn: Callable):

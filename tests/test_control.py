@@ -166,3 +166,12 @@ def test_options_validation(executor):
         executor.options(timeout=0)
     with pytest.raises(ValueError, match="max_retries"):
         DatalayerExecutor(1, max_retries=-1)
+    with pytest.raises(ValueError, match="max_retries"):
+        executor.options(max_retries=-1)
+
+
+def test_leaving_a_with_block_over_options_leaves_the_executor_running(executor):
+    # options() is a view of the executor: the executor, not the view, owns the runtimes.
+    with executor.options(timeout=30) as fast:
+        assert fast.submit(pow, 2, 5).result(timeout=30) == 32
+    assert executor.submit(pow, 2, 6).result(timeout=30) == 64
