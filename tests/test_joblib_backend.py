@@ -158,7 +158,7 @@ def test_options_and_n_jobs_without_kernels():
     assert remote.configure(n_jobs=3, parallel=None, verbose=0, max_nbytes=None) == 3
     pool = remote.executor._pool
     assert (pool.backend, pool.max_workers, pool.start_timeout) == ("jupyter", 3, 5)
-    assert pool.runtime_options == {"url": "http://127.0.0.1:9", "token": "t"}
+    assert pool.supervisor.runtime_factory.options == {"url": "http://127.0.0.1:9", "token": "t"}
     remote.terminate()  # not held by a parallel_config block: closed (no kernel was started)
     assert remote.executor is None
 
