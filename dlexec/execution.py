@@ -7,7 +7,6 @@ kernel without a startup hook gets dlexec's worker installed.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,13 +15,15 @@ from .models import ExecutionResponse
 if TYPE_CHECKING:
     from .channel import KernelChannel
 
+#: Seconds an interrupted execution is given to answer.
+INTERRUPT_GRACE = 5.0
 
-def execute(channel: KernelChannel, code: str, timeout: float | None = None, *, silent=False, store_history=True,
-            on_output: Callable[[dict], None] | None = None, interrupt_grace: float = 5.0):
+
+def execute(channel: KernelChannel, code: str, timeout: float | None = None, *, silent=False, store_history=True):
     """Run code with IPython; returns ``(reply content, outputs)``.
 
     Outputs are nbformat v4 output dicts. On ``timeout`` the kernel is interrupted and
-    the call waits ``interrupt_grace`` seconds more for the interrupted reply; the reply
+    the call waits ``INTERRUPT_GRACE`` seconds more for the interrupted reply; the reply
     then has ``status: "timeout"``.
     """
     outputs: list[dict] = []
@@ -52,8 +53,6 @@ def execute(channel: KernelChannel, code: str, timeout: float | None = None, *, 
             for output in displays.get(display_id, ()):
                 output["data"] = msg["content"].get("data", {})
                 output["metadata"] = msg["content"].get("metadata", {})
-        if on_output is not None:
-            on_output(msg)
         return False
 
     def on_reply(msg):
@@ -78,7 +77,7 @@ def execute(channel: KernelChannel, code: str, timeout: float | None = None, *, 
                  on_lost=lambda reason: done.set(), on_error=on_error)
     if not done.wait(timeout):
         channel.runtime.interrupt()
-        done.wait(interrupt_grace)
+        done.wait(INTERRUPT_GRACE)
         reply = dict(state["reply"] or {})
         reply["status"] = "timeout"
         return reply, outputs
