@@ -225,7 +225,7 @@ def test_runtimes_start_in_parallel():
             EVENTS["all"].set()
             assert [f.result(timeout=WAIT) for f in futures] == [None] * 3
         assert len(runtimes.made) == 3
-        assert time.monotonic() - started < 0.6  # not three starts one after the other (0.9 s)
+        assert time.monotonic() - started < 0.8  # not three starts one after the other (0.9 s)
     finally:
         for runtime in runtimes.made:
             runtime.terminate()
