@@ -17,22 +17,27 @@ class CapturedOutput:
     and stderr (other threads' output goes out under their own parent message): a reply
     says how much, and the client holds the results until that much output has arrived
     (it travels on IOPub, the reply on the shell channel, and either may come first).
+
+    ``streams``: what holds the ``stdout``/``stderr`` to tee, swapped while capturing (the
+    ``sys`` module by default; an in-process fake runtime passes one per kernel).
     """
 
-    def __init__(self, keep: bool = True):
+    def __init__(self, keep: bool = True, streams=None):
+        self.streams = sys if streams is None else streams
         self.parts = {"stdout": [], "stderr": []} if keep else {"stdout": None, "stderr": None}
         self.printed = [0, 0]  # characters written to stdout, stderr by the request's thread, in all
         self.unflushed = False  # something was printed since the last reply
 
     def __enter__(self):
         self.thread = threading.get_ident()
-        self.saved = sys.stdout, sys.stderr
-        sys.stdout = _Tee(sys.stdout, self.parts["stdout"], self, 0)
-        sys.stderr = _Tee(sys.stderr, self.parts["stderr"], self, 1)
+        streams = self.streams
+        self.saved = streams.stdout, streams.stderr
+        streams.stdout = _Tee(streams.stdout, self.parts["stdout"], self, 0)
+        streams.stderr = _Tee(streams.stderr, self.parts["stderr"], self, 1)
         return self
 
     def __exit__(self, *exc_info):
-        sys.stdout, sys.stderr = self.saved
+        self.streams.stdout, self.streams.stderr = self.saved
 
     def start(self):
         self.parts["stdout"].clear()

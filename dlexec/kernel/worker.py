@@ -52,11 +52,14 @@ class Worker:
 
     ``interrupts`` stops running tasks (:mod:`dlexec.kernel.interrupts`; signals by
     default); ``finder`` is where shipped modules go (the bootstrap's; a new one at the
-    front of ``sys.meta_path`` by default). ``blobs`` keeps the blobs received.
+    front of ``sys.meta_path`` by default). ``blobs`` keeps the blobs received. ``streams``:
+    where the tasks' ``stdout``/``stderr`` are captured (:class:`~dlexec.kernel.output.CapturedOutput`;
+    the ``sys`` module by default).
     """
 
-    def __init__(self, kernel, user_ns: dict, interrupts=None, finder: SourceFinder | None = None):
+    def __init__(self, kernel, user_ns: dict, interrupts=None, finder: SourceFinder | None = None, streams=None):
         self.kernel = kernel
+        self.streams = sys if streams is None else streams
         self.user_ns = user_ns
         self.interrupts = interrupts if interrupts is not None else SignalInterrupts()
         self.blobs = BlobStore()
@@ -109,7 +112,7 @@ class Worker:
         parts = split_frames(frames, [blob.nframes for blob in blobs] + [task.nframes for task in tasks])
         for blob, blob_frames in zip(blobs, parts):
             self.blobs.load(blob.key, blob_frames)
-        with self._batch(), CapturedOutput() as output:
+        with self._batch(), CapturedOutput(streams=self.streams) as output:
             for index, (task, task_frames) in enumerate(zip(tasks, parts)):
                 started = time.perf_counter()
                 output.start()
@@ -216,7 +219,7 @@ class Worker:
     def op_init(self, content, frames, reply):
         initializer, initargs = serialization.loads(frames)
         status, info, out = "ok", None, []
-        with CapturedOutput(keep=False) as output:  # counted, not kept
+        with CapturedOutput(keep=False, streams=self.streams) as output:  # counted, not kept
             try:
                 initializer(*initargs)
             except BaseException as exc:  # noqa: BLE001

@@ -9,7 +9,7 @@ Per runtime, as in ipykernel, one thread per channel:
   ``dlexec_request`` (``Worker.handle``); what the worker prints goes out as IOPub
   ``stream`` messages with the request as parent;
 * the *control* thread answers ``dlexec_cancel`` (``Worker.handle_cancel``) while a batch
-  runs, and fires per-task timeouts;
+  runs, and fires per-task timeouts (:class:`ThreadInterrupts`, the worker's ``interrupts``);
 * the *I/O* thread delivers the kernel's messages to ``on_message`` (and ``on_exit``), so
   the client's callbacks never run in a kernel thread, as with a real backend.
 
@@ -17,12 +17,23 @@ Every message is copied across the boundary (content through JSON, buffers as by
 client and kernel share no object by accident (module-level objects of importable modules
 are shared, as with any in-process test: tests use that to steer their tasks).
 
+The worker is dlexec's real :class:`~dlexec.kernel.worker.Worker`, one per kernel, with its
+own blob store, a :class:`~dlexec.kernel.finder.SourceFinder` of its own (not put on
+``sys.meta_path``: the runtime shares this process's files) and, as ``streams``, the kernel's
+own ``stdout``/``stderr`` (which the worker swaps for its capturing tees around a request).
+The one process-wide patch: while in-process kernels run, ``sys.stdout``/``sys.stderr`` are
+routers sending what a kernel's shell thread prints to that kernel's streams (tasks print to
+``sys.stdout``), everybody else's to the stream they replaced.
+
 Stopping a running task cannot use signals in a thread that is not the main thread:
-``PyThreadState_SetAsyncExc`` raises ``KeyboardInterrupt`` (stop), the worker's
-``_TaskTimeout`` (timeout) or :class:`KernelGone` (death, restart, terminate) in the shell
-thread, always under the worker's lock while a task runs. It is raised at the next bytecode
-boundary: a task blocked in one long C call (``time.sleep(60)``) is stopped only when the call
-returns, so tasks in these tests wait in short slices.
+:class:`ThreadInterrupts` raises, with ``PyThreadState_SetAsyncExc``, :class:`ThreadInterrupt`
+(a ``KeyboardInterrupt``: stop), :class:`ThreadTimeout` (the worker's ``TaskTimeout``) or
+:class:`KernelGone` (death, restart, terminate) in the shell thread, always under the worker's
+lock while a task runs, and waits (lock held) until the exception is delivered, so that it never
+lands after the task ended (if it is not delivered within ``DELIVERY_TIMEOUT``, the shell
+thread is waiting for the lock as the task ends: the exception is withdrawn). It is raised at
+the next bytecode boundary: a task blocked in one long C call (``time.sleep(60)``) is stopped
+only when the call returns, so tasks in these tests wait in short slices.
 
 Knobs: ``start_delay``, ``start_error``, ``install_at_start`` (False: the client installs the
 worker with an ``execute_request``), :meth:`InProcessRuntime.die`, and :func:`die_here` for a
@@ -32,7 +43,6 @@ the runtimes it made; each records the ``dlexec_request`` messages it received.
 
 from __future__ import annotations
 
-import collections.abc
 import contextlib
 import ctypes
 import datetime
@@ -44,21 +54,42 @@ import sys
 import threading
 import time
 import traceback
+import types
 import uuid
 
+from dlexec.kernel.finder import SourceFinder
+from dlexec.kernel.interrupts import TaskTimeout
+from dlexec.kernel.wire import CANCEL, REPLY, REQUEST
+from dlexec.kernel.worker import Worker
 from dlexec.runtimes.base import Runtime, RuntimeStartError
-from dlexec.worker import Worker
 
 _log = logging.getLogger("dlexec.tests.inprocess")
 
-#: The module that defines the worker (dlexec/worker.py today, dlexec/kernel/worker.py soon).
-WORKER_MODULE = sys.modules[Worker.__module__]
-REQUEST, CANCEL = WORKER_MODULE.REQUEST, WORKER_MODULE.CANCEL
 JOIN_TIMEOUT = 5.0  # seconds a thread of a stopped kernel is waited for
+DELIVERY_TIMEOUT = 0.5  # seconds an exception raised in a shell thread is waited for (see the doc)
 
 
-class KernelGone(BaseException):
+class _Delivered:
+    """An exception raised in a shell thread by :meth:`_Kernel.raise_in_task`: the interpreter
+    instantiates it in that thread as it reaches the first handler, which tells the raiser."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        kernel = getattr(_local, "kernel", None)
+        if kernel is not None:
+            kernel.delivered.set()
+
+
+class KernelGone(_Delivered, BaseException):
     """Raised in a kernel's shell thread when its kernel dies, restarts or is terminated."""
+
+
+class ThreadInterrupt(_Delivered, KeyboardInterrupt):
+    """What a stop request (or :meth:`InProcessRuntime.interrupt`) raises in the running task."""
+
+
+class ThreadTimeout(_Delivered, TaskTimeout):
+    """What a task's timeout raises in it."""
 
 
 def die_here(reason: str = "a task killed its kernel") -> None:
@@ -78,8 +109,8 @@ def current_runtime() -> InProcessRuntime | None:
 
 # -- the thread a piece of code runs in decides where its output and blobs go ---------------
 
-#: Set in a kernel's shell thread: ``kernel``, its ``stdout``/``stderr`` (what the worker put
-#: there: the kernel's IOPub stream, or the worker's tee around it) and its ``blobs``.
+#: Set in a kernel's shell thread: ``kernel`` (whose ``streams.stdout``/``streams.stderr`` are
+#: where that thread's output goes: the kernel's IOPub streams, or the worker's tees around them).
 _local = threading.local()
 
 
@@ -91,8 +122,8 @@ class _Router:
         self._name, self._fallback = name, fallback
 
     def _target(self):
-        target = getattr(_local, self._name, None)
-        return self._fallback if target is None else target
+        kernel = getattr(_local, "kernel", None)
+        return self._fallback if kernel is None else getattr(kernel.streams, self._name)
 
     def write(self, text):
         return self._target().write(text)
@@ -184,13 +215,16 @@ class _Kernel:
         self.shell_queue: queue.Queue = queue.Queue()
         self.control_queue: queue.Queue = queue.Queue()
         self.user_ns: dict = {"__name__": "__main__", "__builtins__": __builtins__}
-        self.blobs: dict = {}
-        self.worker: _ThreadWorker | None = None
+        self.worker: Worker | None = None
         self.gone = False
         self.parent: dict | None = None  # the shell request being handled: the parent of its output
-        self.stdout, self.stderr = _KernelStream(self, "stdout"), _KernelStream(self, "stderr")
+        #: The worker's ``streams``: what the shell thread's stdout/stderr are (the worker swaps them).
+        self.streams = types.SimpleNamespace(stdout=_KernelStream(self, "stdout"),
+                                             stderr=_KernelStream(self, "stderr"))
+        self.batch: list = []  # the ids of the tasks of the request being handled (skipped if the kernel goes)
         self.shell_ident: int | None = None
-        self.deadline: tuple | None = None  # (task_id, time.monotonic() deadline, exception)
+        self.delivered = threading.Event()  # an exception raise_in_task raised has reached the shell thread
+        self.deadline: tuple | None = None  # (task_id, time.monotonic() deadline)
         self.execution_count = 0
         self.threads = [
             threading.Thread(target=self._shell_loop, name=f"inprocess-shell-{runtime.name}", daemon=True),
@@ -205,15 +239,18 @@ class _Kernel:
 
     def install_worker(self) -> None:
         if self.worker is None:
-            self.worker = _ThreadWorker(self)
+            self.worker = Worker(self, self.user_ns, interrupts=ThreadInterrupts(self), finder=SourceFinder(),
+                                 streams=self.streams)
 
     def stop(self) -> None:
-        """No more requests, no more messages; a running task is stopped (KernelGone)."""
+        """No more requests, no more messages; a running task is stopped (KernelGone), the
+        rest of its batch skipped."""
         self.gone = True
         worker = self.worker
-        if worker is not None and threading.get_ident() != self.shell_ident:
+        if worker is not None:
             with worker.lock:
-                if worker.current is not None:
+                worker.cancelled.update(self.batch)
+                if worker.current is not None and threading.get_ident() != self.shell_ident:
                     self.raise_in_task(KernelGone)
         self.shell_queue.put(None)
         self.control_queue.put(None)
@@ -225,12 +262,19 @@ class _Kernel:
                 thread.join(max(0.0, deadline - time.monotonic()))
                 if thread.is_alive():
                     _log.warning("inprocess: %s did not stop within %g s", thread.name, timeout)
-        if self.worker is not None:
-            self.worker.close()
 
-    def raise_in_task(self, exc_type) -> None:
-        """Raise ``exc_type`` in the shell thread (the worker's lock held, a task running)."""
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.shell_ident), ctypes.py_object(exc_type))
+    def raise_in_task(self, exc_type: type[_Delivered]) -> bool:
+        """Raise ``exc_type`` in the shell thread (the worker's lock held, a task running) and
+        wait until it is delivered; False (and withdrawn) if it was not within ``DELIVERY_TIMEOUT``:
+        the shell thread waits for the lock to end its task, and must not get it afterwards."""
+        ident = ctypes.c_ulong(self.shell_ident)
+        self.delivered.clear()
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ident, ctypes.py_object(exc_type))
+        if self.delivered.wait(DELIVERY_TIMEOUT):
+            return True
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ident, None)
+        _log.debug("inprocess: %s withdrawn in %s", exc_type.__name__, self.runtime.name)
+        return False
 
     def set_deadline(self, task_id, timeout) -> None:
         """(shell thread) The running task times out in ``timeout`` seconds (None: no limit)."""
@@ -243,7 +287,7 @@ class _Kernel:
     # -- shell ----------------------------------------------------------------------------------
 
     def _shell_loop(self) -> None:
-        _local.kernel, _local.stdout, _local.stderr, _local.blobs = self, self.stdout, self.stderr, self.blobs
+        _local.kernel = self
         self.shell_ident = threading.get_ident()
         self._started.set()
         try:
@@ -258,9 +302,10 @@ class _Kernel:
                     break
                 except BaseException:  # noqa: BLE001 - a real kernel logs and goes on
                     _log.exception("inprocess: error in the shell handler of %s", self.runtime.name)
+        except KernelGone:  # raised after the request it was meant for (delivered, not withdrawn)
+            pass
         finally:
-            for name in ("kernel", "stdout", "stderr", "blobs"):
-                _local.__dict__.pop(name, None)
+            _local.__dict__.pop("kernel", None)
 
     def _handle_shell(self, msg: dict) -> None:
         msg_type = msg["header"]["msg_type"]
@@ -273,10 +318,16 @@ class _Kernel:
                 self._execute(msg)
             elif msg_type == REQUEST:
                 if self.worker is None:
-                    self.session.send("shell", WORKER_MODULE.REPLY, {
+                    self.session.send("shell", REPLY, {
                         "status": "error", "error": "the dlexec worker is not installed", "final": True}, parent=msg)
                 else:
-                    self.worker.handle("shell", [], msg)
+                    with self.worker.lock:
+                        self.batch = [task[0] for task in msg["content"].get("tasks", ())]
+                    try:
+                        self.worker.handle("shell", [], msg)
+                    finally:
+                        with self.worker.lock:
+                            self.batch = []
             else:
                 _log.warning("inprocess: unknown shell message %s", msg_type)
         finally:
@@ -335,8 +386,40 @@ class _Kernel:
             return
         with worker.lock:
             if self.deadline is deadline and worker.current == deadline[0]:
-                self.raise_in_task(WORKER_MODULE._TaskTimeout)
+                self.raise_in_task(ThreadTimeout)
             self.deadline = None
+
+
+class ThreadInterrupts:
+    """The worker's ``interrupts`` (:mod:`dlexec.kernel.interrupts`) in an in-process kernel:
+    exceptions raised in its shell thread (:meth:`_Kernel.raise_in_task`) instead of signals,
+    timeouts kept and fired by its control thread (:meth:`_Kernel.set_deadline`)."""
+
+    def __init__(self, kernel: _Kernel):
+        self.kernel = kernel
+        self.worker: Worker | None = None
+
+    @contextlib.contextmanager
+    def armed(self, worker):
+        self.worker = worker
+        try:
+            yield
+        finally:
+            self.kernel.set_deadline(None, None)
+
+    def start_timeout(self, seconds: float) -> None:
+        self.kernel.set_deadline(self.worker.current, seconds)
+
+    def cancel_timeout(self) -> None:
+        self.kernel.set_deadline(None, None)
+
+    def interrupt(self) -> None:
+        """(worker.lock held) As SignalInterrupts' SIGINT handler: the running task raises
+        ``KeyboardInterrupt`` unless the stop request was for a task that has ended."""
+        worker = self.kernel.worker
+        if worker.current is None or (worker.stopping is not None and worker.stopping != worker.current):
+            return
+        self.kernel.raise_in_task(ThreadInterrupt)
 
 
 _KERNEL_INFO = {"status": "ok", "protocol_version": "5.3", "implementation": "dlexec-inprocess",
@@ -428,12 +511,12 @@ class InProcessRuntime(Runtime):
         (kernel.control_queue if channel == "control" else kernel.shell_queue).put(copy)
 
     def interrupt(self) -> None:
+        """As SIGINT to a kernel: the running task, if any, raises ``KeyboardInterrupt``."""
         kernel = self._kernel
         worker = None if kernel is None else kernel.worker
         if worker is not None:
             with worker.lock:
-                if worker.current is not None:
-                    kernel.raise_in_task(KeyboardInterrupt)
+                worker.interrupts.interrupt()
 
     def restart(self, timeout: float) -> None:
         with self._lock:
@@ -542,165 +625,22 @@ class Runtimes:
         return [r for runtime in list(self.made) for r in runtime.requests if r["op"] == op]
 
 
-# ================================================================================================
-# Everything below depends on the internals of today's dlexec/worker.py. When the worker takes
-# ``Worker(kernel, user_ns, interrupts=...)`` and keeps its blobs per Worker, replace it with a
-# ``ThreadInterrupts`` strategy (armed / start_timeout / cancel_timeout / interrupt, built on
-# _Kernel.raise_in_task and _Kernel.set_deadline) and drop the BLOBS patch.
-# ================================================================================================
-
-
-class _ThreadWorker(Worker):
-    """The real worker, with its signals replaced by exceptions raised in the shell thread.
-
-    Depends on: ``Worker.lock/current/stopping/cancelled/finder``, ``_task_signals`` (no more
-    SIGINT/SIGALRM handlers), ``handle_cancel`` (``os.kill(SIGINT)``), ``_run_one`` (its
-    ``signal.setitimer``: called with ``timeout=None``, the timeout is kept here) and
-    ``_TaskTimeout``; :class:`_Plumbing` depends on the module's ``sys`` and on
-    ``serialization.BLOBS``.
-    """
-
-    def __init__(self, kernel: _Kernel):
-        super().__init__(kernel, kernel.user_ns)
-
-    def close(self) -> None:
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(self.finder)
-
-    @contextlib.contextmanager
-    def _task_signals(self):
-        try:
-            yield
-        finally:  # the end of the real one, without the signal handlers
-            self.kernel.set_deadline(None, None)
-            with self.lock:
-                self.cancelled.clear()
-                self.stopping = None
-
-    def handle_cancel(self, stream, idents, msg):
-        found = {}
-        with self.lock:
-            for task_id in msg["content"].get("task_ids", ()):
-                if task_id == self.current:
-                    self.stopping = task_id
-                    self.kernel.raise_in_task(KeyboardInterrupt)  # the real one: os.kill(getpid(), SIGINT)
-                    found[task_id] = "stopping"
-                else:
-                    self.cancelled.add(task_id)
-                    found[task_id] = "skipped if not done"
-        self.kernel.session.send(stream, "dlexec_cancel_reply", {"status": "ok", "tasks": found},
-                                 parent=msg, ident=idents)
-
-    def _run_one(self, task_id, fn_key, frames, timeout):
-        """The real ``_run_one`` without its timer; the exceptions raised in this thread (only
-        while ``current`` is set, under the lock) surface at the latest in ``_checkpoint``."""
-        kernel = self.kernel
-        if kernel.gone:
-            raise KernelGone
-        task_timeout = WORKER_MODULE._TaskTimeout
-        try:
-            kernel.set_deadline(task_id, timeout)
-            try:
-                status, info, out = super()._run_one(task_id, fn_key, frames, None)
-            finally:
-                kernel.set_deadline(None, None)
-            _checkpoint()  # an exception raised as the task ended is raised here, not further on
-        except task_timeout:
-            status, info, out = "timeout", None, []
-        except KeyboardInterrupt as exc:
-            status, info, out = ("cancelled", None, []) if self.stopping == task_id else self._error(exc, strip=0)
-        except KernelGone:
-            raise
-        finally:
-            with self.lock:  # if the exception came before the real one's own finally
-                self.current = None
-        if kernel.gone:  # the task caught KernelGone, or the kernel died meanwhile
-            raise KernelGone
-        if status == "timeout":
-            info = {"timeout": timeout}
-        return status, info, out
-
-
-def _checkpoint() -> None:
-    """A Python call: the interpreter raises pending asynchronous exceptions on entering it."""
-
-
-class _BlobsView(collections.abc.MutableMapping):
-    """``serialization.BLOBS``: the blobs of the kernel whose shell thread asks."""
-
-    def __init__(self, fallback: dict):
-        self.fallback = fallback
-
-    def _store(self) -> dict:
-        blobs = getattr(_local, "blobs", None)
-        return self.fallback if blobs is None else blobs
-
-    def __getitem__(self, key):
-        return self._store()[key]
-
-    def __setitem__(self, key, value):
-        self._store()[key] = value
-
-    def __delitem__(self, key):
-        del self._store()[key]
-
-    def __iter__(self):
-        return iter(self._store())
-
-    def __len__(self):
-        return len(self._store())
-
-    def clear(self):
-        self._store().clear()
-
-
-class _SysView:
-    """The worker module's ``sys``: ``stdout``/``stderr`` are per kernel thread (the worker
-    swaps them around each batch, which several kernels of one process would mix up)."""
-
-    def __getattr__(self, name):
-        return getattr(sys, name)
-
-    @staticmethod
-    def _get(name):
-        target = getattr(_local, name, None)
-        return getattr(sys, name) if target is None else target
-
-    @staticmethod
-    def _set(name, value):
-        if getattr(_local, "kernel", None) is not None:
-            setattr(_local, name, value)
-        else:
-            setattr(sys, name, value)
-
-    stdout = property(lambda self: self._get("stdout"), lambda self, value: self._set("stdout", value))
-    stderr = property(lambda self: self._get("stderr"), lambda self, value: self._set("stderr", value))
-
-
 class _Plumbing:
     """Process-wide patches, in place while at least one in-process kernel is started."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._users = 0
-        self._saved: tuple | None = None
 
     def acquire(self) -> None:
         with self._lock:
             self._users += 1
-            if self._users == 1:
-                serialization = WORKER_MODULE.serialization
-                self._saved = (WORKER_MODULE.sys, serialization.BLOBS)
-                WORKER_MODULE.sys = _SysView()
-                serialization.BLOBS = _BlobsView(serialization.BLOBS)
         self.ensure_routers()
 
     def release(self) -> None:
         with self._lock:
             self._users -= 1
-            if self._users == 0 and self._saved is not None:
-                WORKER_MODULE.sys, WORKER_MODULE.serialization.BLOBS = self._saved
-                self._saved = None
+            if self._users == 0:
                 for name in ("stdout", "stderr"):
                     stream = getattr(sys, name)
                     if isinstance(stream, _Router):

@@ -485,3 +485,50 @@ def test_stats_count_every_outcome(runtimes):
     assert (stats.done, stats.failed, stats.cancelled) == (6, 2, 1)
     assert sum(r.tasks for r in stats.runtimes) == 8
     assert [r.id for r in stats.runtimes] == [runtimes.made[0].id]
+
+
+# -- idle runtimes, resizing, terminate_workers ---------------------------------------------------------
+
+
+def test_idle_timeout_stops_an_idle_runtime_and_new_work_starts_another(runtimes):
+    with DatalayerExecutor(2, idle_timeout=0.2, runtime_factory=runtimes) as ex:
+        first = ex.submit(where).result(timeout=WAIT)
+        assert len(runtimes.made) == 1
+        assert _eventually(lambda: not runtimes.made[0].is_alive())  # nothing to do for 0.2 s: stopped
+        assert runtimes.made[0].exit_reason is None  # stopped by the pool, not dead
+        second = ex.submit(where).result(timeout=WAIT)
+        assert second != first and len(runtimes.made) == 2
+        assert runtimes.made[1].is_alive()
+        assert ex.submit(square, 7).result(timeout=WAIT) == 49  # the pool is not broken
+
+
+def test_resize_down_stops_the_surplus_runtimes(runtimes):
+    with DatalayerExecutor(3, runtime_factory=runtimes) as ex:
+        assert len({f.result(timeout=WAIT) for f in [ex.submit(concurrent, 0.05) for _ in range(6)]}) == 3
+        assert RAN["peak"] == 3
+        ex._resize(1)
+        assert _eventually(lambda: sum(r.is_alive() for r in runtimes.made) == 1)
+        RAN.clear()
+        used = {f.result(timeout=WAIT) for f in [ex.submit(concurrent, 0.02) for _ in range(6)]}
+        assert len(used) == 1 and RAN["peak"] == 1
+        assert len(runtimes.made) == 3  # no new runtime: the one left does the work
+        assert used == {r.id for r in runtimes.made if r.is_alive()}
+
+
+def test_terminate_workers_fails_running_cancels_queued_and_stops_every_runtime(runtimes):
+    ex = DatalayerExecutor(2, runtime_factory=runtimes)
+    running = [ex.submit(hold, f"run{i}", "released") for i in range(2)]
+    for i in range(2):
+        _wait(f"run{i}")
+    queued = [ex.submit(count, i) for i in range(3)]
+    ex.terminate_workers()
+    assert not any(r.is_alive() for r in runtimes.made)  # stopped before it returned
+    assert len(runtimes.made) == 2
+    for future in running:
+        with pytest.raises(WorkerLostError):
+            future.result(timeout=WAIT)
+    assert all(f.cancelled() for f in queued)
+    assert not RAN
+    with pytest.raises(RuntimeError):
+        ex.submit(square, 1)
+    ex.shutdown(wait=True)
