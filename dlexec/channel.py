@@ -349,6 +349,8 @@ class _InOrder:
         has had nothing to do for ``_IDLE`` seconds."""
         while True:
             if not self._queue:
+                if self._expired:  # the kernel has gone: no reply will come
+                    return None
                 if not self._changed.wait(_IDLE) and not self._queue:
                     return None
                 continue
