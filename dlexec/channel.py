@@ -229,6 +229,10 @@ class KernelChannel:
         for callback in callbacks:
             _guarded(callback, reason)
 
+    def close(self) -> None:
+        """The kernel was stopped on purpose: hand over the replies still held, end their thread."""
+        self._in_order.expire()
+
     def check_connected(self) -> None:
         """If the runtime's message threads have ended without reporting it, report it now:
         every request in flight fails and the exit callbacks run (see ``_on_exit``)."""

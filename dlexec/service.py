@@ -224,6 +224,8 @@ class RuntimeService:
             return self._spec.delete_given() if given else False
         first = self._finalizer.detach() is not None
         self._runtime.terminate()  # idempotent; a concurrent call waits for the first
+        if self._session is not None:
+            self._session.channel.close()
         self._model.kernel_client, self._model.kernel_id = None, None
         deleted = getattr(self._runtime, "deleted", None)
         if first and deleted is None and getattr(self._runtime, "delete_given", False):

@@ -75,6 +75,7 @@ class KernelSession:
     def terminate(self) -> None:
         """Stop the kernel (idempotent, never raises)."""
         self.runtime.terminate()
+        self.channel.close()
 
     def is_alive(self) -> bool:
         return self.started and self.channel.exit_reason is None and self.runtime.is_alive()
