@@ -22,6 +22,18 @@ ROOT = Path(__file__).resolve().parent.parent
 # Give the tests' processes what a terminal gives them (the process exits on SIGINT as before).
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _dump_pools(signum, frame):
+    """``kill -USR1 <pytest pid>``: the state of every live pool, on stderr (for a hang)."""
+    from dlexec.pool.pool import live_pools
+
+    for pool in list(live_pools):
+        sys.stderr.write(pool.debug_state() + "\n")
+    sys.stderr.flush()
+
+
+signal.signal(signal.SIGUSR1, _dump_pools)
 EXIT_DEADLINE = 300  # seconds the test process may take to exit after the last test
 
 

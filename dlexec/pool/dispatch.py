@@ -101,22 +101,26 @@ class Dispatcher:
     # -- replies (a runtime's I/O thread) ---------------------------------------------------
 
     def _on_reply(self, worker: WorkerHandle, batch: Batch, msg: dict) -> bool:
-        """A ``run`` reply: settle the futures it reports. True when it is the batch's last."""
+        """A ``run`` reply: settle the futures it reports. True when it is the batch's last.
+
+        The reply is read without the lock (unpickling takes time); the items it settles are
+        then claimed from the batch under the lock, so that an item that a restart or a break
+        took meanwhile (its future is theirs) is left alone."""
         pool = self.pool
         try:
             content = msg["content"]
-            done, seconds = results.read_reply(content, msg.get("buffers") or [], batch, worker.runtime_id)
-            final = content.get("final", True)
-            if content.get("status") == "ok":
-                with pool.lock:
+            with pool.lock:
+                items = dict(batch.items)
+            done, seconds = results.read_reply(content, msg.get("buffers") or [], items, worker.runtime_id)
+            with pool.lock:
+                done = [outcome for outcome in done if batch.items.pop(outcome[0].id, None) is not None]
+                if content.get("status") == "ok" and done:
                     worker.tasks += len(done)
                     worker.busy_seconds += seconds
-                    if done:
-                        sample, average = seconds / len(done), pool.task_seconds
-                        pool.task_seconds = sample if average is None else 0.7 * average + 0.3 * sample
+                    sample, average = seconds / len(done), pool.task_seconds
+                    pool.task_seconds = sample if average is None else 0.7 * average + 0.3 * sample
             results.settle(done)
-            for item, _, _ in done:
-                batch.items.pop(item.id, None)
+            final = content.get("final", True)
             if final:
                 self._batch_done(worker, batch)
             return final
@@ -128,8 +132,10 @@ class Dispatcher:
 
     def _on_reply_error(self, worker: WorkerHandle, batch: Batch, error: BaseException) -> None:
         """A message for this batch could not be handled: its futures fail with ``error``."""
-        results.settle([(item, False, error) for item in list(batch.items.values())])
-        batch.items.clear()
+        with self.pool.lock:
+            items = list(batch.items.values())
+            batch.items.clear()
+        results.settle([(item, False, error) for item in items])
         self._batch_done(worker, batch)
 
     def _batch_done(self, worker: WorkerHandle, batch: Batch) -> None:

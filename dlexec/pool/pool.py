@@ -143,6 +143,17 @@ class Pool:
         return ExecutorStats(counts["submitted"], pending, running, counts["done"], counts["failed"],
                              counts["cancelled"], runtimes)
 
+    def debug_state(self) -> str:
+        """The pool's state in a few lines, for a bug report (taken without the lock: a hung
+        pool may hold it)."""
+        lines = [f"pool {id(self):#x}: broken={self.broken!r} shutting_down={self.shutting_down} "
+                 f"pending={len(self.pending)} saturated={self.saturated} task_seconds={self.task_seconds}"]
+        for worker in list(self.workers):
+            batches = [sorted(batch.items) for batch in list(worker.inflight)]
+            lines.append(f"  {worker.runtime_id}: {worker.state.value} inflight={batches} sent={worker.sent} "
+                         f"expires_at={worker.expires_at} margin={worker.expiry_margin}")
+        return "\n".join(lines)
+
     # -- dispatch (lock held) ----------------------------------------------------------------
 
     def dispatch(self) -> None:

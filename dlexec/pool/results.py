@@ -9,27 +9,26 @@ from typing import Any
 from .. import serialization
 from ..kernel.wire import TaskResult, split_frames
 from ..tracebacks import rebuild_exception
-from .work import Batch, WorkItem
+from .work import WorkItem
 
 #: ``(item, ok, value)``: ok True (value: the result), False (value: the exception) or None (cancelled).
 Outcome = tuple
 
 
-def read_reply(content: dict, frames: list, batch: Batch, runtime_id: str) -> tuple[list[Outcome], float]:
-    """The outcomes a reply reports for the batch's items, and the seconds its tasks ran.
-
-    Items already settled (a late reply from a restarted kernel) are skipped; with the
-    final reply, items it did not report fail."""
+def read_reply(content: dict, frames: list, items: dict[int, WorkItem], runtime_id: str) -> tuple[list[Outcome], float]:
+    """The outcomes a reply reports for ``items`` (a batch's unsettled items, by task id), and
+    the seconds its tasks ran. Tasks not among them (a late reply from a restarted kernel) are
+    skipped; with the final reply, items it did not report fail."""
     done: list[Outcome] = []
     seconds = 0.0
     if content.get("status") != "ok":  # the worker failed outside any task
         error = rebuild_exception(content.get("info") or {}, frames)
-        done = [(item, False, error) for item in batch.items.values()]
+        done = [(item, False, error) for item in items.values()]
     else:
         results = [TaskResult(*row) for row in content["results"]]
         for result, result_frames in zip(results, split_frames(frames, (r.nframes for r in results))):
             seconds += result.seconds
-            item = batch.items.get(result.id)  # removed once its future is set
+            item = items.get(result.id)
             if item is None:
                 continue
             future = item.future
@@ -38,7 +37,7 @@ def read_reply(content: dict, frames: list, batch: Batch, runtime_id: str) -> tu
     if content.get("final", True):  # anything not reported by now never will be (not with a well-behaved worker)
         reported = {item.id for item, _, _ in done}
         lost = RuntimeError("the runtime did not report the result of this task")
-        done.extend((item, False, lost) for item in batch.items.values() if item.id not in reported)
+        done.extend((item, False, lost) for item in items.values() if item.id not in reported)
     return done, seconds
 
 

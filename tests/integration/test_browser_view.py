@@ -26,7 +26,7 @@ import nbformat
 import pytest
 import requests
 
-from .conftest import free_port, wait_gone
+from ..conftest import free_port, wait_gone
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -18,7 +18,7 @@ import pytest
 import dlexec
 from dlexec import DatalayerExecutor, WorkerLostError
 
-from .conftest import run_script
+from ..conftest import run_script
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -44,11 +44,11 @@ import pytest
 import dlexec
 from dlexec import DatalayerExecutor
 
-from .conftest import pid_alive
+from ..conftest import pid_alive
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PY311 = pytest.mark.skipif(sys.version_info < (3, 11), reason="needs Python 3.11")
 GATE_TIMEOUT = 30.0  # a blocker gives up (and returns "gate timeout") after this long
 

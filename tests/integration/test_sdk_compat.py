@@ -22,7 +22,7 @@ from dlexec import DatalayerExecutor, RuntimeService, RuntimeStartError
 from dlexec.datalayer import DatalayerClient
 from dlexec.runtimes import datalayer as datalayer_backend
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 pytestmark = pytest.mark.timeout(180)
 
-#: Examples that need a Datalayer account run against the stand-in (tests/test_sdk_compat.py).
+#: Examples that need a Datalayer account run against the stand-in (tests/integration/test_sdk_compat.py).
 DATALAYER_EXAMPLES = {"datalayer_sdk_code.py"}
 EXAMPLES = sorted(path.name for path in (ROOT / "examples").glob("*.py") if path.name not in DATALAYER_EXAMPLES)
 

@@ -14,7 +14,7 @@ import pytest
 import dlexec
 from dlexec import DatalayerExecutor, InitializerFailed, RemoteError, TaskFuture, WorkerLostError
 
-from .conftest import run_script
+from ..conftest import run_script
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("backend")]
 

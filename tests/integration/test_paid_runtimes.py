@@ -23,7 +23,7 @@ from dlexec.datalayer import DatalayerClient, DatalayerError
 from dlexec.runtimes import datalayer as datalayer_backend
 from dlexec.runtimes.datalayer import DatalayerRuntime
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -18,7 +18,7 @@ from jupyter_client.session import Session
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from .datalayer_standin import INGRESS_PREFIX, DatalayerStandIn
+from ..datalayer_standin import INGRESS_PREFIX, DatalayerStandIn
 
 TOKEN = "secret-token"
 RT = "/api/runtimes/v1"

@@ -18,7 +18,7 @@ import pytest
 from dlexec import serialization
 from dlexec.tracebacks import rebuild_exception
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 pytestmark = pytest.mark.timeout(300)
 

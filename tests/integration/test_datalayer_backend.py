@@ -19,7 +19,7 @@ from dlexec import DatalayerExecutor, RuntimeService, RuntimeStartError, WorkerL
 from dlexec.datalayer import DatalayerClient
 from dlexec.runtimes import datalayer as datalayer_backend
 
-from .conftest import kernel_pids
+from ..conftest import kernel_pids
 from .test_leaks import PRELUDE, _read_until, _start
 
 pytestmark = pytest.mark.timeout(180)

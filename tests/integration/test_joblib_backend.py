@@ -24,7 +24,7 @@ from joblib import Parallel, delayed, parallel_config
 from dlexec import TaskFuture
 from dlexec.joblib_backend import JOBLIB_BACKEND_NAME, register_joblib
 
-from .conftest import ROOT, wait_gone
+from ..conftest import ROOT, wait_gone
 
 pytestmark = pytest.mark.timeout(60)
 

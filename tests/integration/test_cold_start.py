@@ -16,7 +16,7 @@ import dlexec
 from dlexec import DatalayerExecutor, RuntimeStartError, WorkerLostError
 from dlexec.runtimes.local import LocalRuntime
 
-from .conftest import run_script, wait_gone
+from ..conftest import run_script, wait_gone
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from .conftest import ROOT, kernel_pids, run_script, wait_gone
+from ..conftest import ROOT, kernel_pids, run_script, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 

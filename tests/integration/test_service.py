@@ -12,7 +12,7 @@ import pytest
 
 from dlexec import ExecutionError, ExecutionResponse, RuntimeService, RuntimeSnapshotModel
 
-from .conftest import wait_gone
+from ..conftest import wait_gone
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -12,7 +12,7 @@ import pytest
 from dlexec import DatalayerExecutor, Shared, serialization
 from dlexec.callables import CallableCache
 
-from .conftest import run_script
+from ..conftest import run_script
 
 pytestmark = pytest.mark.timeout(120)
 

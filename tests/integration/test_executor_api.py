@@ -13,7 +13,7 @@ import pytest
 import dlexec
 from dlexec import DatalayerExecutor, get_reusable_executor, progress
 
-from .conftest import wait_gone
+from ..conftest import wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 
