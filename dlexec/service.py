@@ -93,7 +93,6 @@ class RuntimeService:
         self._starting = False  # start() is building the runtime
         self._terminated = False  # terminate() was called during that: start() gives up
         self._state_lock = threading.Lock()
-        self._given_deleted = False  # a runtime handed in, deleted by terminate() before any start
 
     @classmethod
     def runtime_factory(cls, backend: str | None, options: dict) -> _Runtimes:
@@ -214,13 +213,11 @@ class RuntimeService:
         (reported with the command that deletes it). A runtime handed in and never started is
         deleted too (the SDK leaves it running and returns False)."""
         with self._state_lock:
-            if self._finalizer is None:
+            started = self._finalizer is not None
+            if not started:
                 self._terminated = self._starting  # a start under way gives up
-                given = not self._starting and self._spec.handed_in() and not self._given_deleted
-                self._given_deleted = self._given_deleted or given
-            else:
-                given = None
-        if given is not None:
+                given = not self._starting and self._spec.handed_in() and self._spec.claim_given()
+        if not started:
             return self._spec.delete_given() if given else False
         first = self._finalizer.detach() is not None
         self._runtime.terminate()  # idempotent; a concurrent call waits for the first
@@ -228,12 +225,9 @@ class RuntimeService:
             self._session.channel.close()
         self._model.kernel_client, self._model.kernel_id = None, None
         deleted = getattr(self._runtime, "deleted", None)
-        if first and deleted is None and getattr(self._runtime, "delete_given", False):
+        if first and deleted is None and getattr(self._runtime, "delete_given", False) and self._spec.claim_given():
             # A runtime handed in whose start failed (it was not taken over): deleted now, on request.
-            with self._state_lock:
-                given, self._given_deleted = not self._given_deleted, True
-            if given:
-                return self._spec.delete_given()
+            return self._spec.delete_given()
         return first and deleted is not False
 
     def stop(self) -> bool:

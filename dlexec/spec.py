@@ -8,6 +8,7 @@ the (not yet started) :class:`~dlexec.runtimes.base.Runtime`.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from .models import RuntimeModel
@@ -65,6 +66,8 @@ class RuntimeSpec:
             raise TypeError("runtime_factory must be a callable (name) -> dlexec.runtimes.Runtime")
         self.options = options
         self.client = None  # the Datalayer REST client (datalayer backend)
+        self._given_claimed = False  # a runtime handed in is deleted once (claim_given)
+        self._given_lock = threading.Lock()
         if self.backend == "datalayer":
             self._check_datalayer()
 
@@ -120,6 +123,12 @@ class RuntimeSpec:
         """A Datalayer runtime handed in (``pod_name``, ``ingress``, ``jupyter_token``)."""
         model = self.model
         return bool(self.backend == "datalayer" and model.pod_name and model.ingress and model.jupyter_token)
+
+    def claim_given(self) -> bool:
+        """True once: the caller deletes the runtime handed in (see RuntimeService.terminate)."""
+        with self._given_lock:
+            claimed, self._given_claimed = not self._given_claimed, True
+        return claimed
 
     def delete_given(self) -> bool:
         """Delete a runtime handed in that was never started (unless ``delete_given=False``)."""

@@ -174,24 +174,12 @@ class Pool:
             self.workers.remove(worker)
         worker.retire()
 
-    def retire_when_done(self, worker: WorkerHandle) -> None:
-        """No new work for this runtime; it stops once its batches are done."""
-        worker.state = State.RETIRING
-        if not worker.inflight:
-            self.remove(worker)
-
     def resize(self, max_workers: int) -> None:
         """Change the number of runtimes: more start on demand, surplus ones stop (idle
         ones first, busy ones once their work is done)."""
         with self.locked():
             self.max_workers = max_workers
-            active = [w for w in self.workers if w.state is not State.STOPPED]
-            surplus = len([w for w in active if w.state is not State.RETIRING]) - max_workers
-            for worker in sorted((w for w in active if w.state is State.READY), key=lambda w: bool(w.inflight)):
-                if surplus <= 0:
-                    break
-                surplus -= 1
-                self.retire_when_done(worker)
+            self.supervisor.retire_surplus()
             self.dispatch()
 
     def requeue(self, item: WorkItem, solo: bool = False) -> None:

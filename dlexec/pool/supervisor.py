@@ -1,9 +1,9 @@
-"""The runtimes' lives: start (in a thread each) and initialize, restart, lose, retire, watch.
+"""The runtimes' lives: start (in a thread each) and initialize, restart, lose, retire.
 
 :class:`Supervisor` works on the pool's state under the pool's lock (the pool owns it); what
 takes time (starting, restarting, stopping a runtime) runs in threads of its own, without
-the lock. Its watchdog thread runs only while something needs watching: a task with a
-timeout or a stop request, a runtime with a reservation, an ``idle_timeout``.
+the lock. Its :class:`~.watchdog.Watchdog` restarts runtimes whose task will not stop and
+retires expiring and idle ones.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ from ..errors import InitializerFailed, WorkerLostError
 from ..session import KernelSession
 from ..tracebacks import rebuild_exception
 from .handle import State, WorkerHandle
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     from .pool import Pool
 
 _log = logging.getLogger("dlexec")
-#: Seconds between two looks of the watchdog.
-WATCH_INTERVAL = 0.2
 
 
 class Supervisor:
@@ -39,7 +38,7 @@ class Supervisor:
         self.start_timeout, self.ship_modules = start_timeout, ship_modules
         self.initializer = initializer  # (frames, user modules) of (initializer, initargs), or None
         self.interrupt_grace, self.expiry_margin, self.idle_timeout = interrupt_grace, expiry_margin, idle_timeout
-        self._watchdog: threading.Thread | None = None  # guarded by the pool's lock
+        self.watchdog = Watchdog(self)
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -169,7 +168,7 @@ class Supervisor:
                 pool.break_(WorkerLostError(f"A runtime in the pool terminated abruptly ({reason}), and dlexec "
                                             f"could not recover: {exc!r}", worker.runtime_id, reason))
 
-    def _restart(self, worker: WorkerHandle) -> None:
+    def restart(self, worker: WorkerHandle) -> None:
         """A task will not stop: restart its kernel; the batch's other tasks go back to the queue."""
         pool = self.pool
         timed_out = []
@@ -218,6 +217,23 @@ class Supervisor:
             if worker.state is State.READY and not worker.inflight and worker.idle_since < limit:
                 pool.remove(worker)
 
+    def retire_when_done(self, worker: WorkerHandle) -> None:
+        """No new work for this runtime; it stops once its batches are done."""
+        worker.state = State.RETIRING
+        if not worker.inflight:
+            self.pool.remove(worker)
+
+    def retire_surplus(self) -> None:
+        """Past ``max_workers`` (a resize): retire the surplus, idle runtimes first."""
+        pool = self.pool
+        active = [w for w in pool.workers if w.state is not State.STOPPED]
+        surplus = len([w for w in active if w.state is not State.RETIRING]) - pool.max_workers
+        for worker in sorted((w for w in active if w.state is State.READY), key=lambda w: bool(w.inflight)):
+            if surplus <= 0:
+                break
+            surplus -= 1
+            self.retire_when_done(worker)
+
     def retire_expiring(self) -> None:
         """Give no new work to runtimes whose reservation ends within their margin."""
         now = time.time()
@@ -225,55 +241,10 @@ class Supervisor:
             if worker.expires_at is None:
                 continue
             if worker.state is State.READY and worker.expires_at - now < worker.expiry_margin:
-                self.pool.retire_when_done(worker)
+                self.retire_when_done(worker)
             elif worker.state in (State.READY, State.RETIRING):
                 self.watch()
 
-    # -- the watchdog ----------------------------------------------------------------------------
-
     def watch(self) -> None:
-        """Start the watchdog if it is not running (pool's lock held)."""
-        if self._watchdog is None or not self._watchdog.is_alive():
-            self._watchdog = threading.Thread(target=self._watch_loop, name="dlexec-watchdog", daemon=True)
-            _threads.start(self._watchdog)
-
-    def _watch_loop(self) -> None:
-        """Restart kernels that ignore a stop or a timeout; retire runtimes about to expire or idle.
-
-        If it fails, the pool breaks with the reason: timeouts it no longer enforces would
-        otherwise let futures wait forever."""
-        pool = self.pool
-        try:
-            while True:
-                time.sleep(WATCH_INTERVAL)
-                with pool.locked():
-                    if not self._watch_step():
-                        self._watchdog = None
-                        return
-        except BaseException as exc:  # noqa: BLE001
-            _log.error("dlexec: the executor's watchdog failed", exc_info=True)
-            with pool.locked():
-                self._watchdog = None
-                pool.break_(WorkerLostError(f"dlexec's watchdog thread failed: {exc!r}"))
-
-    def _watch_step(self) -> bool:
-        """One look (pool's lock held); False when nothing is left to watch."""
-        pool = self.pool
-        if pool.broken or (pool.shutting_down and not any(w.inflight for w in pool.workers)):
-            return False
-        now = time.monotonic()
-        grace = self.interrupt_grace
-        for worker in pool.workers:
-            stuck = any(
-                (item.stop_requested is not None and now > item.stop_requested + grace)
-                or (item.timeout is not None and item.sent_at is not None and now > item.sent_at + item.timeout + grace)
-                for item in worker.items())
-            if stuck and worker.state in (State.READY, State.RETIRING):
-                worker.state = State.RESTARTING
-                _threads.start(threading.Thread(target=self._restart, args=(worker,), daemon=True))
-        pool.dispatch()  # also retires runtimes about to expire, or idle
-        watching = any(item.timeout is not None or item.stop_requested is not None
-                       for w in pool.workers for item in w.items())
-        expiring = any(w.expires_at is not None for w in pool.workers)
-        idling = self.idle_timeout is not None and any(w.state is State.READY for w in pool.workers)
-        return watching or expiring or idling
+        """Make sure the watchdog runs (pool's lock held): something needs watching."""
+        self.watchdog.watch()
