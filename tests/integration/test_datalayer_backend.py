@@ -20,7 +20,7 @@ from dlexec.datalayer import DatalayerClient
 from dlexec.runtimes import datalayer as datalayer_backend
 
 from ..conftest import kernel_pids
-from .test_leaks import PRELUDE, _read_until, _start
+from .test_leaks import PRELUDE, _read_until, _start, exited
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -221,7 +221,7 @@ time.sleep(120)
         assert len(kernel_pids("\n".join(lines))) == 2
         assert len(datalayer_env.live_runtimes()) == 2
         process.send_signal(signum)
-        _, err = process.communicate(timeout=60)
+        err = exited(process, 60)
     finally:
         process.kill()
     assert datalayer_env.live_runtimes() == [], err

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -19,8 +20,16 @@ from ..conftest import ROOT, kernel_pids, run_script, wait_gone
 pytestmark = pytest.mark.timeout(120)
 
 PRELUDE = """
-import os, sys, time
+import faulthandler, os, signal, sys, time
 from dlexec import DatalayerExecutor
+
+def _dump_pools(signum, frame):  # kill -USR1: the pools' state, for a test that hangs
+    from dlexec.pool.pool import live_pools
+    for pool in list(live_pools):
+        sys.stderr.write(pool.debug_state() + chr(10))
+
+signal.signal(signal.SIGUSR1, _dump_pools)
+faulthandler.register(signal.SIGUSR2, all_threads=True)  # kill -USR2: every thread's stack
 
 def pid():
     time.sleep(0.3)
@@ -126,7 +135,7 @@ with DatalayerExecutor(2) as ex:
         pids = kernel_pids("\n".join(lines))
         assert len(pids) == 2
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=30)
+        err = exited(process, 30)
     finally:
         process.kill()
     assert "KeyboardInterrupt" in err
@@ -152,7 +161,7 @@ with DatalayerExecutor(1) as ex:
     try:
         lines = _read_until(process, ("WAITING",))
         pids = kernel_pids("\n".join(lines))
-        _, err = process.communicate(timeout=30)
+        err = exited(process, 30)
     finally:
         process.kill()
     assert "KeyboardInterrupt" in err
@@ -194,6 +203,21 @@ def _start(code: str, tmp_path) -> subprocess.Popen:
                             text=True, env=env, cwd=tmp_path)
 
 
+def exited(process: subprocess.Popen, timeout: float) -> str:
+    """The stderr of a script started with PRELUDE once it has exited; if it does not within
+    ``timeout``, the test fails with its pools' state and every thread's stack."""
+    try:
+        return process.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        process.send_signal(signal.SIGUSR2)
+        time.sleep(1)
+        process.kill()
+        err = process.communicate()[1]
+        pytest.fail(f"the script did not exit within {timeout:g} s; its stderr:\n{err[-6000:]}")
+
+
 def _read_until(process: subprocess.Popen, markers: tuple[str, ...], timeout: float = 60) -> list[str]:
     import threading
 
@@ -232,7 +256,7 @@ time.sleep(120)
         ours = {k["id"] for k in jupyter_server.kernels()} - before
         assert len(ours) == 2
         process.send_signal(signum)
-        _, err = process.communicate(timeout=60)
+        err = exited(process, 60)
     finally:
         process.kill()
     assert ours & {k["id"] for k in jupyter_server.kernels()} == set(), err
