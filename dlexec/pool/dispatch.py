@@ -51,6 +51,8 @@ class Dispatcher:
                         items.append(item)
                 if items:
                     self._send(worker, items)
+                    if pool.broken:  # its runtime was gone: the break failed every queued future
+                        return
                 else:
                     emptied = True
             if not emptied:  # else a runtime planned for cancelled items only is still free: plan again

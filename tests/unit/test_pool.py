@@ -532,3 +532,18 @@ def test_terminate_workers_fails_running_cancels_queued_and_stops_every_runtime(
     with pytest.raises(RuntimeError):
         ex.submit(square, 1)
     ex.shutdown(wait=True)
+
+
+
+def test_a_runtime_lost_while_a_plan_is_sent_breaks_the_pool_cleanly(runtimes):
+    # Two batches planned at once; sending the first finds its runtime gone: the pool breaks
+    # (the break fails every queued future), and the rest of the plan is not sent.
+    with DatalayerExecutor(2, runtime_factory=runtimes) as ex:
+        assert len({f.result(timeout=WAIT) for f in [ex.submit(concurrent, 0.05) for _ in range(6)]}) == 2
+        for worker in ex._pool.workers:
+            def lost(*args, _id=worker.runtime_id, **kwargs):
+                raise WorkerLostError(f"The runtime {_id} terminated abruptly (a test)", _id, "a test")
+
+            worker.session.request = lost
+        with pytest.raises(WorkerLostError, match="a test"):
+            list(ex.map(square, range(4), timeout=WAIT))
