@@ -15,6 +15,7 @@ Who owns what (CPython's ``process.py`` keeps the same kind of record):
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 import weakref
@@ -36,6 +37,7 @@ from .intake import Intake
 from .supervisor import Supervisor
 from .work import WorkItem
 
+_log = logging.getLogger("dlexec")
 #: Pools alive, for interpreter exit (see dlexec.executor).
 live_pools: weakref.WeakSet = weakref.WeakSet()
 
@@ -84,16 +86,24 @@ class Pool:
 
     @contextmanager
     def locked(self):
-        """Hold the lock; what :meth:`later` deferred runs once the outermost block has released it."""
-        with self.lock:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-                deferred, self._deferred = (self._deferred, []) if self._depth == 0 else ((), self._deferred)
-        for function, args in deferred:
-            function(*args)
+        """Hold the lock; what :meth:`later` deferred runs once the outermost block has released
+        it, whether the block ended normally or with an exception."""
+        deferred: list = []
+        try:
+            with self.lock:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                    if self._depth == 0:
+                        deferred, self._deferred = self._deferred, []
+        finally:
+            for function, args in deferred:
+                try:
+                    function(*args)
+                except Exception:  # noqa: BLE001 - the next ones run all the same
+                    _log.exception("dlexec: error while completing a future")
 
     def later(self, function: Callable, *args) -> None:
         """Run ``function(*args)`` once the lock is released (lock held, inside :meth:`locked`)."""
@@ -320,9 +330,7 @@ def _quietly(stop: Callable) -> None:
     try:
         stop()
     except BaseException:  # noqa: BLE001 - a cleanup reports, never raises
-        import logging
-
-        logging.getLogger("dlexec").warning("dlexec: could not stop a runtime", exc_info=True)
+        _log.warning("dlexec: could not stop a runtime", exc_info=True)
 
 
 def _terminate_all(workers) -> None:
