@@ -292,18 +292,22 @@ class _InOrder:
         """Hold a reply behind those already held (I/O thread)."""
         with self._changed:
             self._queue.append((parent_id, request, msg, time.monotonic() + OUTPUT_WAIT))
-            if self._thread is None:
-                thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
-                try:
-                    _threads.start(thread)
-                except BaseException:  # noqa: BLE001 - no thread: hand it over now rather than never
-                    self._queue.pop()
-                    _log.warning("dlexec: could not start a thread; a result is handed over without waiting for "
-                                 "its output", exc_info=True)
-                    self._deliver(parent_id, request, msg)
-                    return
+            if self._thread is not None:
+                self._changed.notify_all()
+                return
+            thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
+            try:
+                _threads.start(thread)
                 self._thread = thread
-            self._changed.notify_all()
+                return
+            except BaseException:  # noqa: BLE001 - no thread: hand them over now rather than never
+                _log.warning("dlexec: could not start a thread; results are handed over without waiting for "
+                             "their output", exc_info=True)
+                held = list(self._queue)
+                self._queue.clear()
+        for parent_id, request, msg, _ in held:  # in order, without the lock
+            if not request.done:
+                self._deliver(parent_id, request, msg)
 
     def count_output(self, request: _Request, content: dict) -> None:
         """Count a request's echoed output (I/O thread); wakes the thread if replies wait."""
