@@ -41,7 +41,7 @@ class Dispatcher:
         while True:
             plan = scheduler.plan(pool.pending, pool.workers, pool.task_seconds, pool.max_workers,
                                   pool.max_tasks_per_child)
-            emptied = False
+            replan = False  # a runtime planned for cancelled items only is still free
             for worker, count in plan.batches:
                 items = []
                 for _ in range(count):
@@ -49,13 +49,16 @@ class Dispatcher:
                     # False: cancelled meanwhile. A requeued item's future is already running.
                     if item.requeued or item.future.set_running_or_notify_cancel():
                         items.append(item)
-                if items:
-                    self._send(worker, items)
-                    if pool.broken:  # its runtime was gone: the break failed every queued future
-                        return
-                else:
-                    emptied = True
-            if not emptied:  # else a runtime planned for cancelled items only is still free: plan again
+                if not items:
+                    replan = True
+                    continue
+                self._send(worker, items)
+                if pool.broken:  # its runtime was gone: the break failed every queued future
+                    return
+                if worker.state is State.STOPPED:  # gone as the batch went (requeued): the plan is stale
+                    replan = True
+                    break
+            if not replan:
                 break
         if plan.start_worker:
             pool.start_worker()
@@ -90,13 +93,19 @@ class Dispatcher:
             worker.session.request(content, frames, on_reply=partial(self._on_reply, worker, batch),
                                    on_lost=partial(pool.supervisor.on_lost, worker),
                                    on_error=partial(self._on_reply_error, worker, batch))
-        except WorkerLostError as exc:
-            pool.break_(exc)
-        except BaseException as exc:  # noqa: BLE001 - this batch cannot be sent: its futures say why
+        except BaseException as exc:  # noqa: BLE001 - this batch cannot be sent
             worker.inflight.discard(batch)
             worker.forget_blobs()  # the kernel may or may not have what the batch carried
-            pool.later(results.settle, [(item, False, exc) for item in batch.items.values()])
+            items = list(batch.items.values())
             batch.items.clear()
+            if isinstance(exc, WorkerLostError) or not _alive(worker):
+                # The runtime is gone, its death maybe not reported yet: the batch never ran and
+                # goes back to the queue (no retry spent); the death is handled as any other.
+                for item in reversed(items):
+                    pool.requeue(item)
+                pool.supervisor.on_lost(worker, getattr(exc, "reason", None) or str(exc))
+            else:  # the message itself cannot be sent: its futures say why
+                pool.later(results.settle, [(item, False, exc) for item in items])
             if not isinstance(exc, Exception):  # Ctrl-C in the submitting thread goes on up
                 raise
 
@@ -152,6 +161,13 @@ class Dispatcher:
                     pool.remove(worker)
             self.dispatch()
             pool.changed.notify_all()
+
+
+def _alive(worker: WorkerHandle) -> bool:
+    try:
+        return worker.session.runtime.is_alive()
+    except Exception:  # noqa: BLE001 - a runtime that cannot tell is not sent to again
+        return False
 
 
 def uses_user_modules(blob: Blob) -> bool:
