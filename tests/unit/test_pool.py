@@ -550,19 +550,24 @@ def test_a_runtime_lost_while_a_plan_is_sent_breaks_the_pool_cleanly(runtimes):
             list(ex.map(square, range(4), timeout=WAIT))
 
 
+def _dies_unreported(ex):
+    """The executor's only runtime is gone, its death not reported yet: sending to it fails."""
+    worker = ex._pool.workers[0]
+    runtime = worker.session.runtime
+
+    def gone(*args, **kwargs):
+        raise RuntimeStartError(f"kernel {runtime.id} is not running")
+
+    worker.session.request = gone
+    runtime.is_alive = lambda: False
+
+
 def test_a_batch_sent_to_a_runtime_that_just_died_runs_elsewhere(runtimes):
     # The runtime is gone but its death has not been reported yet: sending finds it. The batch
     # never ran: it goes back to the queue (no retry spent), and the death is handled as one.
     with DatalayerExecutor(1, runtime_factory=runtimes, max_retries=1) as ex:
         assert ex.submit(square, 2).result(timeout=WAIT) == 4
-        worker = ex._pool.workers[0]
-        runtime = worker.session.runtime
-
-        def gone(*args, **kwargs):
-            raise RuntimeStartError(f"kernel {runtime.id} is not running")
-
-        worker.session.request = gone
-        runtime.is_alive = lambda: False
+        _dies_unreported(ex)
         assert ex.submit(square, 3).result(timeout=WAIT) == 9
         assert len(runtimes.made) == 2
 
@@ -570,13 +575,6 @@ def test_a_batch_sent_to_a_runtime_that_just_died_runs_elsewhere(runtimes):
 def test_without_retries_a_batch_sent_to_a_dead_runtime_breaks_the_pool(runtimes):
     with DatalayerExecutor(1, runtime_factory=runtimes) as ex:
         assert ex.submit(square, 2).result(timeout=WAIT) == 4
-        worker = ex._pool.workers[0]
-        runtime = worker.session.runtime
-
-        def gone(*args, **kwargs):
-            raise RuntimeStartError(f"kernel {runtime.id} is not running")
-
-        worker.session.request = gone
-        runtime.is_alive = lambda: False
+        _dies_unreported(ex)
         with pytest.raises(WorkerLostError, match="not running"):
             ex.submit(square, 3).result(timeout=WAIT)
